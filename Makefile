@@ -1,0 +1,54 @@
+# Entry points. `make demo` and `make test` work on a fresh machine: each creates
+# .venv when missing and installs what the project needs.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+MODELS ?= models
+GRPC_PORT ?= 8001
+METRICS_PORT ?= 8002
+
+.PHONY: venv system-deps protos train serve demo test lint bench loadtest clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Prometheus (for the metrics test) and docker-compose (to validate the compose file
+# without an engine) come from Debian; installed when missing and we are root.
+system-deps:
+	@scripts/install-system-deps.sh
+
+protos: $(STAMP)
+	$(PY) -m protos.generate
+
+train: $(STAMP)
+	$(PY) -m training --model all --out $(MODELS)
+
+serve: $(STAMP)
+	$(PY) -m serving --model-repository $(MODELS) --grpc-port $(GRPC_PORT) --metrics-port $(METRICS_PORT)
+
+demo: $(STAMP)
+	scripts/demo.sh
+
+test: $(STAMP) system-deps
+	$(PY) -m pytest -q
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+bench: $(STAMP)
+	$(PY) bench/train_speed.py
+	$(PY) bench/serve_bench.py
+
+loadtest: $(STAMP)
+	$(PY) -m serving.loadtest --target 127.0.0.1:$(GRPC_PORT) --model mlp --concurrency 16 --duration 10
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
