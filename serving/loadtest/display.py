@@ -43,6 +43,10 @@ class LiveProgress:
         self._progress.update(self._task, completed=tick.fraction_done, status=status)
 
 
+def _ratio(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.2f}"
+
+
 def _ms(value: float) -> str:
     return "-" if math.isnan(value) else f"{value:,.3f}"
 
@@ -82,6 +86,8 @@ def render_report(report: LoadReport, console: Console) -> None:
     summary.add_row(
         "error ratio", "-" if math.isnan(report.error_ratio) else f"{report.error_ratio:.4%}"
     )
+    summary.add_row("load generator CPU (1.0 = a core)", _ratio(report.client_cpu_ratio))
+    summary.add_row("server CPU (1.0 = a core)", _ratio(report.server_cpu_ratio))
     if report.warmup_requests:
         summary.add_row("warm-up requests (excluded)", f"{report.warmup_requests:,}")
     if report.unfinished or report.cut_by_time_bound:

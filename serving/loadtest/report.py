@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass
 from serving.loadtest.check import CheckResult
 from serving.loadtest.histogram import LatencyHistogram
 from serving.loadtest.runner import RunOutcome
-from serving.loadtest.server_metrics import BatchDistribution
+from serving.loadtest.server_metrics import ServerDelta
 from serving.loadtest.settings import LoadTestSettings
 
 PERCENTILES = (50.0, 90.0, 99.0, 99.9)
@@ -71,7 +71,9 @@ class LoadReport:
     latency_method: str
     send_lag: LatencySummary | None  # open loop: how late the client sent against its schedule
     cut_by_time_bound: bool
-    server: BatchDistribution | None
+    client_cpu_ratio: float  # load generator CPU / wall over the measured part (1.0 = one core)
+    server_cpu_ratio: float  # server CPU (all threads) / measured seconds; NaN when unknown
+    server: ServerDelta | None
     server_note: str  # why there are no server figures, or ""
     check: CheckResult | None
     passed: bool
@@ -95,7 +97,7 @@ def _clean(value: object) -> object:
 def build_report(
     settings: LoadTestSettings,
     outcome: RunOutcome,
-    server: BatchDistribution | None,
+    server: ServerDelta | None,
     server_note: str,
     check: CheckResult | None,
 ) -> LoadReport:
@@ -143,6 +145,12 @@ def build_report(
         latency_method=LATENCY_METHOD,
         send_lag=LatencySummary.of(outcome.send_lag) if outcome.send_lag is not None else None,
         cut_by_time_bound=outcome.cut_by_time_bound,
+        client_cpu_ratio=outcome.client_cpu_ratio,
+        server_cpu_ratio=(
+            server.cpu_seconds / seconds
+            if server is not None and server.cpu_seconds is not None and seconds > 0
+            else math.nan
+        ),
         server=server,
         server_note=server_note,
         check=check,

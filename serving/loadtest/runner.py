@@ -54,6 +54,9 @@ class RunOutcome:
     timeline: array | None = None  # flat [offset, latency, offset, latency, ...], seconds
     timeline_errors: array | None = None  # flat [offset, ...] of failed requests
     samples: list[tuple[int, bytes]] = field(default_factory=list)  # (payload index, response)
+    # CPU time of this process over the measured part / its wall time: near 1.0 means the load
+    # generator saturated its core and the figures may be limited by the client, not the server.
+    client_cpu_ratio: float = math.nan
 
     @property
     def finished(self) -> int:
@@ -98,6 +101,7 @@ class _Run:
         self.check_samples = check_samples
         self.seen_ok = 0
         self.rng = random.Random(plan.seed)
+        self.cpu_at_measure_start = time.process_time()
 
     def may_issue(self, at: float) -> bool:
         return at < self.stop_at and self.issued_measured < self.request_limit
@@ -162,6 +166,9 @@ class _Run:
         slot = self.rng.randrange(self.seen_ok)
         if slot < self.check_samples:
             samples[slot] = (index, response)
+
+    def mark_measure_start(self) -> None:
+        self.cpu_at_measure_start = time.process_time()
 
     async def closed_worker(self) -> None:
         while True:
@@ -258,6 +265,8 @@ async def run_load(
     else:
         load = [loop.create_task(run.open_scheduler())]
     helpers: list[asyncio.Task[None]] = []
+    if plan.warmup_seconds > 0:
+        helpers.append(loop.create_task(_at(run.measure_start, run.mark_measure_start)))
     if on_measure_start is not None and plan.warmup_seconds > 0:
         helpers.append(loop.create_task(_at(run.measure_start, on_measure_start)))
     if on_tick is not None:
@@ -279,14 +288,19 @@ async def run_load(
         await asyncio.gather(*helpers, return_exceptions=True)
     end = run.last_done if not run.outcome.cut_by_time_bound else time.perf_counter()
     run.outcome.measured_seconds = max(end - run.measure_start, 0.0)
+    wall = time.perf_counter() - run.measure_start
+    if wall > 0:
+        run.outcome.client_cpu_ratio = (time.process_time() - run.cpu_at_measure_start) / wall
     if on_tick is not None:
         on_tick(run.tick(run.outcome.ok, 0.0))
     return run.outcome
 
 
-async def _at(when: float, action: Callable[[], Awaitable[None]]) -> None:
+async def _at(when: float, action: Callable[[], Awaitable[None] | None]) -> None:
     await asyncio.sleep(max(when - time.perf_counter(), 0.0))
-    await action()
+    result = action()
+    if result is not None:
+        await result
 
 
 async def _ticker(run: _Run, on_tick: Callable[[Tick], None], seconds: float) -> None:

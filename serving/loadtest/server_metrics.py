@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 REQUESTS_FAMILY = "d2lserve_requests"  # the parser drops the counter's "_total"
 REQUESTS_SAMPLE = "d2lserve_requests_total"
 BATCH_SIZE_FAMILY = "d2lserve_batch_size"
+PROCESS_CPU_FAMILY = "process_cpu_seconds"  # prometheus_client's process collector
 
 
 class MetricsUnavailable(Exception):
@@ -30,6 +31,7 @@ class ServerSnapshot:
     batch_buckets: tuple[tuple[float, float], ...]  # (upper bound "le", cumulative count)
     batch_count: float  # executions (session.run calls)
     batch_sum: float  # rows executed
+    cpu_seconds: float | None = None  # the server process's CPU time, all threads; None: unknown
 
     @property
     def requests_total(self) -> float:
@@ -37,14 +39,15 @@ class ServerSnapshot:
 
 
 @dataclass(frozen=True)
-class BatchDistribution:
-    """How the server batched during the run (differences of two snapshots)."""
+class ServerDelta:
+    """What the server did during the run (differences of two snapshots)."""
 
     requests: float  # requests the server finished, any code
     requests_by_code: dict[str, float]
     executions: float
     rows: float
     sizes: tuple[tuple[str, float], ...]  # ("1", n), ("2", n), ("3-4", n), ... non-empty only
+    cpu_seconds: float | None = None  # server CPU time (all threads) between the two readings
 
     @property
     def mean_batch_size(self) -> float:
@@ -56,6 +59,7 @@ def parse_metrics(text: str, model: str) -> ServerSnapshot:
     by_code: dict[str, float] = {}
     buckets: dict[float, float] = {}
     count = total = 0.0
+    cpu: float | None = None
     try:
         families = list(text_string_to_metric_families(text))
     except ValueError as error:
@@ -66,6 +70,8 @@ def parse_metrics(text: str, model: str) -> ServerSnapshot:
                 if sample.name == REQUESTS_SAMPLE and sample.labels.get("model") == model:
                     code = sample.labels.get("code", "")
                     by_code[code] = by_code.get(code, 0.0) + sample.value
+        elif family.name == PROCESS_CPU_FAMILY and family.samples:
+            cpu = family.samples[0].value
         elif family.name == BATCH_SIZE_FAMILY:
             for sample in family.samples:
                 if sample.labels.get("model") != model:
@@ -82,6 +88,7 @@ def parse_metrics(text: str, model: str) -> ServerSnapshot:
         batch_buckets=tuple(sorted(buckets.items())),
         batch_count=count,
         batch_sum=total,
+        cpu_seconds=cpu,
     )
 
 
@@ -104,7 +111,7 @@ def _bucket_label(lower: float, upper: float) -> str:
     return f"{high}" if low >= high else f"{low}-{high}"
 
 
-def difference(before: ServerSnapshot, after: ServerSnapshot) -> BatchDistribution:
+def difference(before: ServerSnapshot, after: ServerSnapshot) -> ServerDelta:
     """What happened between two snapshots of the same server."""
     codes = set(before.requests_by_code) | set(after.requests_by_code)
     by_code = {
@@ -120,10 +127,15 @@ def difference(before: ServerSnapshot, after: ServerSnapshot) -> BatchDistributi
         if in_bucket > 0:
             sizes.append((_bucket_label(previous_upper, upper), in_bucket))
         previous_upper, previous_cumulative = upper, delta_cumulative
-    return BatchDistribution(
+    return ServerDelta(
         requests=sum(by_code.values()),
         requests_by_code={code: n for code, n in by_code.items() if n},
         executions=after.batch_count - before.batch_count,
         rows=after.batch_sum - before.batch_sum,
         sizes=tuple(sizes),
+        cpu_seconds=(
+            after.cpu_seconds - before.cpu_seconds
+            if after.cpu_seconds is not None and before.cpu_seconds is not None
+            else None
+        ),
     )

@@ -17,8 +17,8 @@ from serving.loadtest.payloads import build_payloads
 from serving.loadtest.report import LoadReport, build_report
 from serving.loadtest.runner import RunOutcome, Tick, run_load
 from serving.loadtest.server_metrics import (
-    BatchDistribution,
     MetricsUnavailable,
+    ServerDelta,
     ServerSnapshot,
     difference,
     scrape,
@@ -143,7 +143,7 @@ async def run_loadtest(
 
 async def _server_figures(
     settings: LoadTestSettings, before: list[ServerSnapshot], notes: list[str]
-) -> tuple[BatchDistribution | None, str]:
+) -> tuple[ServerDelta | None, str]:
     if settings.metrics_url is None:
         return None, "not read (--no-server-metrics)"
     if not before:

@@ -209,6 +209,7 @@ def test_closed_loop_sends_exactly_the_requested_number(fake: FakeServer) -> Non
     assert report.latency.count == 300
     assert 0 < report.latency.p50_ms <= report.latency.p99_ms <= report.latency.max_ms < 5000
     assert report.requests_per_second > 0 and report.rows_per_second == report.requests_per_second
+    assert 0.0 < report.client_cpu_ratio < 1.5
     assert report.passed
 
 

@@ -287,6 +287,9 @@ d2lserve_batch_size_bucket{model="mlp",version="1",le="8.0"} 10.0
 d2lserve_batch_size_bucket{model="mlp",version="1",le="+Inf"} 10.0
 d2lserve_batch_size_count{model="mlp",version="1"} 10.0
 d2lserve_batch_size_sum{model="mlp",version="1"} 10.0
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 3.5
 """
 AFTER = """\
 # HELP d2lserve_requests_total Finished requests.
@@ -303,6 +306,9 @@ d2lserve_batch_size_bucket{model="mlp",version="1",le="8.0"} 19.0
 d2lserve_batch_size_bucket{model="mlp",version="1",le="+Inf"} 19.0
 d2lserve_batch_size_count{model="mlp",version="1"} 19.0
 d2lserve_batch_size_sum{model="mlp",version="1"} 40.0
+# HELP process_cpu_seconds_total Total user and system CPU time spent in seconds.
+# TYPE process_cpu_seconds_total counter
+process_cpu_seconds_total 5.0
 """
 
 
@@ -315,6 +321,7 @@ def test_server_metrics_difference_gives_requests_and_batch_sizes_of_the_run() -
     assert run.executions == 9.0 and run.rows == 30.0
     assert run.sizes == (("1", 4.0), ("2", 2.0), ("5-8", 3.0))
     assert run.mean_batch_size == pytest.approx(30 / 9)
+    assert run.cpu_seconds == pytest.approx(1.5)
 
 
 # --- report ------------------------------------------------------------------------------------
