@@ -86,6 +86,7 @@ RUN groupadd --system --gid 10001 app \
 COPY --from=builder /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     HOME=/app \
+    LANG=C.UTF-8 \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     MPLCONFIGDIR=/tmp/matplotlib \
@@ -99,5 +100,6 @@ EXPOSE 8001 8002
 HEALTHCHECK --interval=10s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python", "-m", "serving.healthcheck", "--target", "127.0.0.1:8001", "--timeout", "3"]
 
+# `docker stop` waits 10 s before SIGKILL, so drain within 8 (compose allows more: 20 of 25 s).
 CMD ["python", "-m", "serving", "--model-repository", "/app/models", "--host", "0.0.0.0", \
-     "--grpc-port", "8001", "--metrics-port", "8002"]
+     "--grpc-port", "8001", "--metrics-port", "8002", "--grace-seconds", "8"]

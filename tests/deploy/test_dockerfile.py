@@ -20,6 +20,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+DOCKER_STOP_TIMEOUT_SECONDS = 10  # `docker stop` / `docker run` default before SIGKILL
 BUILD_TOOLS = re.compile(r"\b(gcc|g\+\+|clang|make|build-essential|cmake|[\w.+-]+-dev)\b")
 
 
@@ -281,6 +282,8 @@ def test_default_command_matches_the_compose_server(final):
     exposed = {int(port) for i in final.all("EXPOSE") for port in i.args.split()}
     ports = {int(cmd[cmd.index(name) + 1]) for name in ("--grpc-port", "--metrics-port")}
     assert exposed == ports
+    # `docker stop` sends SIGKILL after 10 s: the drain (plus closing the models) fits before it
+    assert float(cmd[cmd.index("--grace-seconds") + 1]) + 1 < DOCKER_STOP_TIMEOUT_SECONDS
     workdir = PurePosixPath(final.all("WORKDIR")[-1].args)
     assert PurePosixPath(cmd[cmd.index("--model-repository") + 1]).parent == workdir
 
