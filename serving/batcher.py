@@ -1,0 +1,355 @@
+"""Dynamic batching: one task per model version owns a bounded queue of requests.
+
+Policy (what the tests in tests/serving/test_batcher.py pin down):
+
+* A batch starts at the first waiting request, as soon as an instance is free.
+* It takes every queued request that fits (up to ``max_batch_size`` rows), then keeps
+  collecting only while more requests keep arriving: after each pass through the event
+  loop that brought nothing new, it runs. So a lone caller never waits for the delay,
+  while concurrent callers are merged.
+* It runs at the latest when the rows reach ``max_batch_size`` or a preferred size, or
+  when ``max_queue_delay_microseconds`` has passed since the first request was queued.
+* While every instance is busy, requests simply accumulate and form the next batch.
+* Up to ``instances`` executions run at once, in a thread pool, off the event loop;
+  outputs are split back by rows to each caller.
+* Admission is bounded: past ``max_queue_size`` waiting requests, ``submit`` raises
+  QueueFullError at once. Requests whose caller cancelled or whose deadline passed
+  while queued are dropped before execution.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future as ConcurrentFuture
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from time import perf_counter
+from typing import Protocol
+
+import numpy as np
+
+from serving.errors import (
+    DeadlineExpiredError,
+    ModelUnavailableError,
+    QueueFullError,
+    SettingsError,
+)
+
+LOGGER = logging.getLogger(__name__)
+
+# run(batch) -> outputs, each with the batch's rows first, in the model's output order.
+RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+Outputs = Sequence[np.ndarray]
+
+
+class BatchMetrics(Protocol):
+    """The part of serving.metrics.VersionMetrics the batcher reports to."""
+
+    def queue_wait(self, seconds: float) -> None: ...
+    def execution(self, rows: int, seconds: float) -> None: ...
+    def queue_depth(self, depth: int) -> None: ...
+    def rejected_queue_full(self) -> None: ...
+    def dropped(self, reason: str) -> None: ...
+
+
+class NullBatchMetrics:
+    """Reports nowhere (unit tests, --no-metrics)."""
+
+    def queue_wait(self, seconds: float) -> None:
+        pass
+
+    def execution(self, rows: int, seconds: float) -> None:
+        pass
+
+    def queue_depth(self, depth: int) -> None:
+        pass
+
+    def rejected_queue_full(self) -> None:
+        pass
+
+    def dropped(self, reason: str) -> None:
+        pass
+
+
+@dataclass(frozen=True)
+class BatchingPolicy:
+    """Batching settings of one model version (config.pbtxt plus command-line overrides)."""
+
+    enabled: bool = True
+    max_batch_size: int = 64  # rows per execution, and per request (0: no limit, no batching)
+    preferred_batch_sizes: tuple[int, ...] = ()
+    max_queue_delay_microseconds: int = 500
+    max_queue_size: int = 1024  # waiting requests
+    instances: int = 1  # parallel executions
+
+    def __post_init__(self) -> None:
+        # 0 = the model takes any number of rows per request and never merges requests.
+        if self.max_batch_size < 0 or (self.enabled and self.max_batch_size == 0):
+            raise SettingsError(
+                "max_batch_size must be >= 1 with batching on (>= 0 off), "
+                f"got {self.max_batch_size}"
+            )
+        if self.max_queue_delay_microseconds < 0:
+            raise SettingsError(
+                "max_queue_delay_microseconds must be >= 0, "
+                f"got {self.max_queue_delay_microseconds}"
+            )
+        if self.max_queue_size < 1:
+            raise SettingsError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
+        if self.instances < 1:
+            raise SettingsError(f"instances must be >= 1, got {self.instances}")
+        for size in self.preferred_batch_sizes:
+            if not 1 <= size <= self.max_batch_size:
+                raise SettingsError(
+                    f"preferred batch size {size} is outside 1..max_batch_size "
+                    f"({self.max_batch_size})"
+                )
+
+
+class _Item:
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows")
+
+    def __init__(
+        self, inputs: np.ndarray, deadline: float | None, future: asyncio.Future[Outputs]
+    ) -> None:
+        self.inputs = inputs
+        self.rows = inputs.shape[0]
+        self.enqueued = perf_counter()
+        self.deadline = deadline
+        self.future = future
+
+
+class Batcher:
+    """Collects concurrent requests of one model version into ``run`` calls."""
+
+    def __init__(
+        self,
+        run: RunFn,
+        policy: BatchingPolicy,
+        *,
+        name: str,
+        metrics: BatchMetrics | None = None,
+    ) -> None:
+        self.policy = policy
+        self.name = name  # "model 'mlp' v2", used in messages
+        self._run_fn = run
+        self._metrics = metrics or NullBatchMetrics()
+        self._queue: deque[_Item] = deque()
+        self._free = policy.instances
+        self._pool = ThreadPoolExecutor(policy.instances, thread_name_prefix=f"infer-{name}")
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._wakeup: asyncio.Future[None] | None = None
+        self._instance_freed: asyncio.Future[None] | None = None
+        self._idle: asyncio.Event | None = None
+        self._closing = False
+        self._arrivals = 0
+        self._preferred = frozenset(policy.preferred_batch_sizes)
+        self._delay = policy.max_queue_delay_microseconds / 1e6
+        # Counters read by GetModel (loop thread only).
+        self.requests = 0
+        self.rows = 0
+        self.executions = 0
+
+    def start(self) -> None:
+        """Start the owning task on the running event loop."""
+        self._loop = asyncio.get_running_loop()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = self._loop.create_task(self._serve(), name=f"batcher {self.name}")
+
+    @property
+    def depth(self) -> int:
+        return len(self._queue)
+
+    def submit(self, inputs: np.ndarray, deadline: float | None = None) -> asyncio.Future[Outputs]:
+        """Queue ``inputs`` ([rows, ...], already validated); the future gets its outputs.
+
+        ``deadline`` is a ``perf_counter()`` instant after which the request is dropped
+        instead of executed.
+        """
+        if self._closing or self._loop is None:
+            raise ModelUnavailableError(f"{self.name} is unloading; retry on another version")
+        queue = self._queue
+        if len(queue) >= self.policy.max_queue_size:
+            self._metrics.rejected_queue_full()
+            raise QueueFullError(
+                f"{self.name} is overloaded: {len(queue)} requests are waiting, "
+                f"max_queue_size is {self.policy.max_queue_size}; retry later"
+            )
+        future: asyncio.Future[Outputs] = self._loop.create_future()
+        queue.append(_Item(inputs, deadline, future))
+        self._arrivals += 1
+        self._metrics.queue_depth(len(queue))
+        wakeup = self._wakeup
+        if wakeup is not None and not wakeup.done():
+            wakeup.set_result(None)
+        return future
+
+    async def close(self, timeout: float = 30.0) -> None:
+        """Stop admitting, let queued and running requests finish, then stop the task."""
+        self._closing = True
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        if self._task is not None:
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), timeout)
+                assert self._idle is not None
+                await asyncio.wait_for(self._idle.wait(), timeout)
+            except TimeoutError:
+                LOGGER.warning("event=drain_timeout batcher=%r timeout_s=%s", self.name, timeout)
+                self._task.cancel()
+            self._fail_queued(ModelUnavailableError(f"{self.name} was unloaded"))
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # -- the owning task -------------------------------------------------------------
+
+    async def _serve(self) -> None:
+        loop = asyncio.get_running_loop()
+        queue = self._queue
+        while True:
+            if not queue:
+                if self._closing:
+                    return
+                self._wakeup = loop.create_future()
+                await self._wakeup
+                continue
+            if self._free == 0:
+                self._instance_freed = loop.create_future()
+                await self._instance_freed
+                continue
+            items, rows = await self._form_batch()
+            if items:
+                self._dispatch(items, rows)
+
+    async def _form_batch(self) -> tuple[list[_Item], int]:
+        policy = self.policy
+        items: list[_Item] = []
+        if not policy.enabled:
+            rows = self._take(items, 0, 0)  # limit 0: exactly one live request
+            return items, rows
+        limit = policy.max_batch_size
+        rows = self._take(items, 0, limit)
+        if not items or self._delay <= 0:
+            return items, rows
+        started = items[0].enqueued
+        while rows < limit and rows not in self._preferred:
+            if self._queue:
+                before = rows
+                rows = self._take(items, rows, limit)
+                if rows == before:  # the next request does not fit: run what we have
+                    break
+                continue
+            if perf_counter() - started >= self._delay:
+                break
+            arrivals = self._arrivals
+            await asyncio.sleep(0)
+            if self._arrivals == arrivals:
+                break  # nothing else is waiting: do not tax the callers we have
+        return items, rows
+
+    def _take(self, items: list[_Item], rows: int, limit: int) -> int:
+        """Move live requests from the queue into ``items`` while they fit in ``limit``."""
+        queue = self._queue
+        now = perf_counter()
+        while queue:
+            item = queue[0]
+            if item.future.done():  # the caller cancelled (or gave up) while queued
+                queue.popleft()
+                self._metrics.dropped("cancelled")
+                continue
+            if item.deadline is not None and now >= item.deadline:
+                queue.popleft()
+                self._metrics.dropped("deadline")
+                item.future.set_exception(
+                    DeadlineExpiredError(
+                        f"deadline expired after {now - item.enqueued:.3f} s in the queue of "
+                        f"{self.name}, before execution"
+                    )
+                )
+                continue
+            if limit == 0:
+                queue.popleft()
+                items.append(item)
+                rows = item.rows
+                break
+            if items and rows + item.rows > limit:
+                break
+            queue.popleft()
+            items.append(item)
+            rows += item.rows
+            if rows >= limit:
+                break
+        self._metrics.queue_depth(len(queue))
+        return rows
+
+    def _dispatch(self, items: list[_Item], rows: int) -> None:
+        self._free -= 1
+        assert self._idle is not None and self._loop is not None
+        self._idle.clear()
+        now = perf_counter()
+        for item in items:
+            self._metrics.queue_wait(now - item.enqueued)
+        batch = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
+        loop = self._loop
+        done = self._pool.submit(self._execute, batch)
+        done.add_done_callback(lambda f: loop.call_soon_threadsafe(self._complete, items, rows, f))
+
+    def _execute(self, batch: np.ndarray) -> tuple[Outputs, float]:
+        """Runs in a pool thread: the model call, timed."""
+        started = perf_counter()
+        outputs = self._run_fn(batch)
+        return outputs, perf_counter() - started
+
+    def _complete(
+        self, items: list[_Item], rows: int, done: ConcurrentFuture[tuple[Outputs, float]]
+    ) -> None:
+        """Back on the loop: free the instance, hand each caller its rows."""
+        self._free += 1
+        if self._free == self.policy.instances:
+            assert self._idle is not None
+            self._idle.set()
+        freed = self._instance_freed
+        if freed is not None and not freed.done():
+            freed.set_result(None)
+        try:
+            outputs, seconds = done.result()
+            for output in outputs:
+                if output.shape[0] != rows:
+                    raise RuntimeError(
+                        f"{self.name} returned {output.shape[0]} rows for a batch of {rows}"
+                    )
+        except BaseException as error:
+            LOGGER.error(
+                "event=execution_failed batcher=%r rows=%d error=%r", self.name, rows, error
+            )
+            for item in items:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        self.executions += 1
+        self._metrics.execution(rows, seconds)
+        if len(items) == 1:
+            item = items[0]
+            if not item.future.done():
+                item.future.set_result(outputs)
+                self.requests += 1
+                self.rows += rows
+            return
+        start = 0
+        for item in items:
+            stop = start + item.rows
+            if not item.future.done():
+                item.future.set_result([output[start:stop] for output in outputs])
+                self.requests += 1
+                self.rows += item.rows
+            start = stop
+
+    def _fail_queued(self, error: Exception) -> None:
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)

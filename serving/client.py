@@ -1,0 +1,142 @@
+"""A small synchronous client for the Predict API (demo, load test, tests).
+
+>>> with Client("127.0.0.1:8001") as client:
+...     result = client.predict("mlp", images, top_k=3)
+...     result.labels[0], result.probabilities.shape
+
+Failed calls raise ``grpc.RpcError``; ``error.code()`` is the status (NOT_FOUND, ...).
+Every call has a deadline (``timeout`` seconds, per client or per call).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import numpy as np
+
+from protos import predict_pb2, predict_pb2_grpc
+from serving.tensors import PREDICT_DTYPE_OF, array_from_predict
+
+DEFAULT_TIMEOUT_SECONDS = 10.0
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One Predict answer as numpy arrays and plain lists."""
+
+    model: str
+    version: int
+    probabilities: np.ndarray | None  # classifiers: float32 [rows, classes]
+    labels: list[list[str]]  # classifiers: per row, the top-k labels, best first
+    scores: list[list[float]]  # the matching probabilities
+    indices: list[list[int]]  # the matching class indices
+    predictions: np.ndarray | None  # regression: float32 [rows, 1]
+
+
+def predict_request(
+    model: str, array: np.ndarray, top_k: int = 1, version: int | None = None
+) -> predict_pb2.PredictRequest:
+    """The PredictRequest for ``array`` (sent as little-endian row-major bytes)."""
+    array = np.ascontiguousarray(array)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    dtype = PREDICT_DTYPE_OF.get(array.dtype)
+    if dtype is None:
+        raise ValueError(
+            f"array dtype {array.dtype} is not supported; use one of "
+            f"{sorted(str(d) for d in PREDICT_DTYPE_OF)}"
+        )
+    return predict_pb2.PredictRequest(
+        model=model,
+        version=version or 0,
+        top_k=top_k,
+        input=predict_pb2.Tensor(shape=array.shape, dtype=dtype, data=array.tobytes()),
+    )
+
+
+def prediction_from_response(response: predict_pb2.PredictResponse) -> Prediction:
+    probabilities = (
+        array_from_predict(response.probabilities) if response.HasField("probabilities") else None
+    )
+    predictions = (
+        array_from_predict(response.predictions) if response.HasField("predictions") else None
+    )
+    rows = [list(row.classes) for row in response.top_k]
+    return Prediction(
+        model=response.model,
+        version=response.version,
+        probabilities=probabilities,
+        labels=[[c.label for c in row] for row in rows],
+        scores=[[c.score for c in row] for row in rows],
+        indices=[[c.index for c in row] for row in rows],
+        predictions=predictions,
+    )
+
+
+class Client:
+    """Blocking client over one gRPC channel; close it (or use ``with``)."""
+
+    def __init__(
+        self,
+        target: str,
+        *,
+        token: str | None = None,
+        tls_ca: Path | None = None,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_message_bytes: int = 64 * 1024 * 1024,
+    ) -> None:
+        options = [
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        if tls_ca is not None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+            self.channel = grpc.secure_channel(target, credentials, options=options)
+        else:
+            self.channel = grpc.insecure_channel(target, options=options)
+        self.timeout = timeout
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.stub = predict_pb2_grpc.PredictionServiceStub(self.channel)
+
+    def predict(
+        self,
+        model: str,
+        array: np.ndarray,
+        top_k: int = 1,
+        version: int | None = None,
+        *,
+        timeout: float | None = None,
+    ) -> Prediction:
+        """Run ``model`` on ``array`` ([rows, ...]); labels for classifiers, values else."""
+        response = self.stub.Predict(
+            predict_request(model, array, top_k, version),
+            timeout=timeout or self.timeout,
+            metadata=self.metadata,
+        )
+        return prediction_from_response(response)
+
+    def list_models(self, *, timeout: float | None = None) -> list[predict_pb2.ModelInfo]:
+        response = self.stub.ListModels(
+            predict_pb2.ListModelsRequest(), timeout=timeout or self.timeout, metadata=self.metadata
+        )
+        return list(response.models)
+
+    def get_model(
+        self, name: str, version: int | None = None, *, timeout: float | None = None
+    ) -> predict_pb2.ModelInfo:
+        return self.stub.GetModel(
+            predict_pb2.GetModelRequest(name=name, version=version or 0),
+            timeout=timeout or self.timeout,
+            metadata=self.metadata,
+        )
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,79 @@
+"""One-line structured logs: ``key=value`` text or JSON, one event per line.
+
+Library code logs messages that are already ``event=... key=value`` pairs (with lazy
+``%`` arguments); this module only adds the timestamp, level and logger in front.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class KeyValueFormatter(logging.Formatter):
+    """``ts=2026-01-01T00:00:00.123Z level=info logger=serving.server event=...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = f"ts={_timestamp(record)} level={record.levelname.lower()} logger={record.name} "
+        line += record.getMessage()
+        if record.exc_info:
+            line += " exception=" + json.dumps(self.formatException(record.exc_info))
+        return line
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line; ``key=value`` pairs of the message become fields."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, object] = {
+            "ts": _timestamp(record),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+        }
+        entry.update(_pairs(record.getMessage()))
+        if record.exc_info:
+            entry["exception"] = self.formatException(record.exc_info)
+        return json.dumps(entry)
+
+
+def _timestamp(record: logging.LogRecord) -> str:
+    seconds = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+    return f"{seconds}.{int(record.msecs):03d}Z"
+
+
+def _pairs(message: str) -> dict[str, str]:
+    """Split ``a=1 b="two words"`` into fields; text that is not a pair goes to ``msg``."""
+    fields: dict[str, str] = {}
+    rest: list[str] = []
+    i = 0
+    while i < len(message):
+        if message[i] == " ":
+            i += 1
+            continue
+        end = message.find(" ", i)
+        end = len(message) if end < 0 else end
+        token = message[i:end]
+        key, sep, value = token.partition("=")
+        if sep and value.startswith('"') and not (len(value) > 1 and value.endswith('"')):
+            close = message.find('"', i + len(key) + 2)
+            end = len(message) if close < 0 else close + 1
+            value = message[i + len(key) + 1 : end]
+        if sep and key.isidentifier():
+            fields[key] = value.strip('"')
+        else:
+            rest.append(token)
+        i = end
+    if rest:
+        fields["msg"] = " ".join(rest)
+    return fields
+
+
+def configure_logging(level: str = "info", fmt: str = "text") -> None:
+    """Send every log record to stderr in the chosen format, replacing other handlers."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())

@@ -1,0 +1,280 @@
+"""Helpers for the serving tests: a small real model repository and real server processes.
+
+The repository holds real ONNX graphs with the contract's tensor names and metadata
+(model_repository.metadata) and config.pbtxt files written through
+model_repository.config.format_config:
+
+* ``mlp``  classifier, input [batch, 1, 8, 8], outputs logits and probabilities [batch, 10]
+* ``reg``  regression, input [batch, 4], output prediction [batch, 1]
+* ``slow`` regression whose every execution takes tens of milliseconds (queue, deadline and
+  shutdown tests); max_queue_size 2
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+import numpy as np
+import onnx
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from onnx import TensorProto, helper, numpy_helper
+
+from model_repository import layout
+from model_repository import metadata as meta
+from model_repository.config import format_config
+from protos import model_config_pb2 as mc
+
+ROOT = Path(__file__).resolve().parents[2]
+PYTHON = sys.executable
+LABELS = [f"class-{i}" for i in range(10)]
+
+
+# -- models --------------------------------------------------------------------------
+
+
+def _finish(graph: onnx.GraphProto, props: dict[str, str]) -> onnx.ModelProto:
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in props.items():
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model, full_check=True)
+    return model
+
+
+def _props(kind: str, task: str, labels: list[str], layout_name: str) -> dict[str, str]:
+    return {
+        meta.KIND: kind,
+        meta.TASK: task,
+        meta.LABELS: json.dumps(labels),
+        meta.DATASET: "synthetic",
+        meta.INPUT_LAYOUT: layout_name,
+        meta.INPUT_RANGE: "[0.0, 1.0]",
+        meta.TRAINING_METRICS: json.dumps({"test_acc": 0.5}),
+    }
+
+
+def mlp_model(seed: int = 0) -> onnx.ModelProto:
+    """Flatten -> Gemm(64, 16) -> Relu -> Gemm(16, 10) -> logits; Softmax -> probabilities."""
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32) * 0.5, "w1"),
+        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b1"),
+        numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32) * 0.5, "w2"),
+        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32) * 0.1, "b2"),
+    ]
+    nodes = [
+        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
+        helper.make_node("Gemm", ["flat", "w1", "b1"], ["h"]),
+        helper.make_node("Relu", ["h"], ["hr"]),
+        helper.make_node("Gemm", ["hr", "w2", "b2"], [meta.LOGITS_NAME]),
+        helper.make_node("Softmax", [meta.LOGITS_NAME], [meta.PROBABILITIES_NAME], axis=1),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
+        [
+            helper.make_tensor_value_info(meta.LOGITS_NAME, TensorProto.FLOAT, ["batch", 10]),
+            helper.make_tensor_value_info(
+                meta.PROBABILITIES_NAME, TensorProto.FLOAT, ["batch", 10]
+            ),
+        ],
+        inits,
+    )
+    return _finish(graph, _props("mlp", meta.TASK_CLASSIFICATION, LABELS, "NCHW"))
+
+
+def regression_model(seed: int = 0) -> onnx.ModelProto:
+    rng = np.random.default_rng(seed)
+    inits = [
+        numpy_helper.from_array(rng.standard_normal((4, 1)).astype(np.float32), "w"),
+        numpy_helper.from_array(np.array([0.5], dtype=np.float32), "b"),
+    ]
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["input", "w", "b"], [meta.PREDICTION_NAME])],
+        "reg",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info(meta.PREDICTION_NAME, TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    return _finish(graph, _props("linear", meta.TASK_REGRESSION, [], "NF"))
+
+
+def slow_model(size: int = 512, steps: int = 30) -> onnx.ModelProto:
+    """A regression whose cost does not depend on the rows: ``steps`` [size, size] matmuls.
+
+    The heavy chain starts from the input's mean, so ONNX Runtime cannot fold it away;
+    its result is multiplied by zero, so the prediction is simply input @ w.
+    """
+    rng = np.random.default_rng(1)
+    inits = [
+        numpy_helper.from_array(
+            (rng.standard_normal((size, size)) / np.sqrt(size)).astype(np.float32), "c"
+        ),
+        numpy_helper.from_array(np.ones((4, 1), dtype=np.float32), "w"),
+        numpy_helper.from_array(np.array([size, size], dtype=np.int64), "square"),
+        numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero"),
+    ]
+    nodes = [
+        helper.make_node("ReduceMean", ["input"], ["mean"], keepdims=0),
+        helper.make_node("Expand", ["mean", "square"], ["a0"]),
+    ]
+    for i in range(steps):
+        nodes.append(helper.make_node("MatMul", [f"a{i}", "c"], [f"m{i}"]))
+        nodes.append(helper.make_node("Tanh", [f"m{i}"], [f"a{i + 1}"]))
+    nodes += [
+        helper.make_node("ReduceMean", [f"a{steps}"], ["heavy"], keepdims=0),
+        helper.make_node("Mul", ["heavy", "zero"], ["nothing"]),
+        helper.make_node("MatMul", ["input", "w"], ["linear"]),
+        helper.make_node("Add", ["linear", "nothing"], [meta.PREDICTION_NAME]),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "slow",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info(meta.PREDICTION_NAME, TensorProto.FLOAT, ["batch", 1])],
+        inits,
+    )
+    return _finish(graph, _props("linear", meta.TASK_REGRESSION, [], "NF"))
+
+
+def model_config(
+    name: str,
+    *,
+    max_batch_size: int = 64,
+    delay_us: int = 2000,
+    max_queue_size: int = 0,
+    instances: int = 1,
+    latest: int | None = None,
+) -> str:
+    config = mc.ModelConfig(name=name, platform="onnxruntime_onnx", max_batch_size=max_batch_size)
+    config.dynamic_batching.max_queue_delay_microseconds = delay_us
+    config.dynamic_batching.default_queue_policy.max_queue_size = max_queue_size
+    config.instance_group.add(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances)
+    if latest is not None:
+        config.version_policy.latest.num_versions = latest
+    return format_config(config)
+
+
+def write_version(repository: Path, name: str, model: onnx.ModelProto, version: int) -> Path:
+    """Stage the version under a hidden name and rename it into place, as exporters do."""
+    final = layout.version_dir(repository, name, version)
+    staging = repository / f"{layout.STAGING_PREFIX}{name}-{version}"
+    staging.mkdir(parents=True)
+    onnx.save(model, staging / layout.MODEL_FILENAME)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    staging.rename(final)
+    return final
+
+
+def add_model(repository: Path, name: str, model: onnx.ModelProto, config: str) -> None:
+    (repository / name).mkdir(parents=True, exist_ok=True)
+    layout.config_path(repository, name).write_text(config, encoding="utf-8")
+    write_version(repository, name, model, 1)
+
+
+def build_repository(root: Path) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    add_model(root, "mlp", mlp_model(), model_config("mlp"))
+    add_model(root, "reg", regression_model(), model_config("reg", max_batch_size=16))
+    add_model(
+        root,
+        "slow",
+        slow_model(),
+        model_config("slow", max_batch_size=4, delay_us=0, max_queue_size=2),
+    )
+    return root
+
+
+# -- server processes ----------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class ServerProcess:
+    """``python -m serving`` as a child process on free 127.0.0.1 ports."""
+
+    repository: Path
+    args: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    log_path: Path | None = None
+    process: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self, log_dir: Path, timeout: float = 60.0, tls_ca: Path | None = None) -> None:
+        command = [
+            PYTHON, "-m", "serving",
+            "--model-repository", str(self.repository),
+            "--grpc-port", str(self.port),
+            "--metrics-port", str(self.metrics_port),
+            "--poll-interval", "0.2",
+            "--grace-seconds", "10",
+            *self.args,
+        ]  # fmt: skip
+        self.log_path = log_dir / f"server-{self.port}.log"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+            )
+        self.wait_serving(timeout, tls_ca)
+
+    def channel(self, tls_ca: Path | None = None) -> grpc.Channel:
+        if tls_ca is None:
+            return grpc.insecure_channel(self.target)
+        credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        return grpc.secure_channel(
+            self.target, credentials, options=[("grpc.ssl_target_name_override", "localhost")]
+        )
+
+    def wait_serving(self, timeout: float, tls_ca: Path | None = None) -> None:
+        deadline = time.monotonic() + timeout
+        with self.channel(tls_ca) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                assert self.process is not None
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited early:\n{self.log()}")
+                try:
+                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+                    if status == health_pb2.HealthCheckResponse.SERVING:
+                        return
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.1)
+        raise RuntimeError(f"server not SERVING after {timeout} s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path else ""
+
+    def stop(self, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, return the exit code (SIGKILL if it hangs)."""
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode

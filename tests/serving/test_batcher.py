@@ -1,0 +1,321 @@
+"""The batching policy, with a fake model function instead of ONNX Runtime."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+
+from serving.batcher import Batcher, BatchingPolicy
+from serving.errors import (
+    DeadlineExpiredError,
+    ModelUnavailableError,
+    QueueFullError,
+    SettingsError,
+)
+
+
+class RecordingMetrics:
+    def __init__(self) -> None:
+        self.dropped_reasons: list[str] = []
+        self.rejections = 0
+        self.batch_rows: list[int] = []
+
+    def queue_wait(self, seconds: float) -> None:
+        assert seconds >= 0
+
+    def execution(self, rows: int, seconds: float) -> None:
+        self.batch_rows.append(rows)
+
+    def queue_depth(self, depth: int) -> None:
+        assert depth >= 0
+
+    def rejected_queue_full(self) -> None:
+        self.rejections += 1
+
+    def dropped(self, reason: str) -> None:
+        self.dropped_reasons.append(reason)
+
+
+class FakeModel:
+    """Doubles its input; records batch sizes; can be held to keep an instance busy."""
+
+    def __init__(self) -> None:
+        self.batches: list[int] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.running = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.running.set()
+        assert self.release.wait(10)
+        self.batches.append(batch.shape[0])
+        return [batch * 2, batch.sum(axis=1, keepdims=True)]
+
+
+def rows(*values: float) -> np.ndarray:
+    return np.array([[v, v] for v in values], dtype=np.float32)
+
+
+def run(test: Callable[[], object]) -> None:
+    asyncio.run(asyncio.wait_for(test(), 20))
+
+
+def make(
+    policy: BatchingPolicy, model: FakeModel | None = None
+) -> tuple[Batcher, FakeModel, RecordingMetrics]:
+    model = model or FakeModel()
+    metrics = RecordingMetrics()
+    batcher = Batcher(model, policy, name="model 'fake' v1", metrics=metrics)
+    batcher.start()
+    return batcher, model, metrics
+
+
+async def wait_running(model: FakeModel) -> None:
+    while not model.running.is_set():
+        await asyncio.sleep(0.001)
+
+
+def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1000)
+        )
+        futures = [batcher.submit(rows(i, i + 0.5)) for i in range(10)]
+        results = await asyncio.gather(*futures)
+        assert model.batches == [20]
+        assert metrics.batch_rows == [20]
+        for i, (doubled, summed) in enumerate(results):
+            np.testing.assert_array_equal(doubled, rows(i, i + 0.5) * 2)
+            np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
+        assert (batcher.requests, batcher.rows, batcher.executions) == (10, 20, 1)
+        await batcher.close()
+
+    run(body)
+
+
+def test_lone_request_does_not_wait_for_the_queue_delay() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=2_000_000)
+        )
+        started = time.perf_counter()
+        await batcher.submit(rows(1))
+        assert time.perf_counter() - started < 0.5  # far below the 2 s delay
+        assert model.batches == [1]
+        await batcher.close()
+
+    run(body)
+
+
+def test_batches_never_exceed_max_batch_size() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=4, max_queue_delay_microseconds=1000)
+        )
+        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(10)))
+        assert model.batches == [4, 4, 2]
+        await batcher.close()
+
+    run(body)
+
+
+async def _trickle(batcher: Batcher, count: int, futures: list) -> None:
+    """One request per event-loop pass: arrivals keep coming."""
+    for i in range(count):
+        futures.append(batcher.submit(rows(i)))
+        await asyncio.sleep(0)
+
+
+def test_collection_stops_at_a_preferred_batch_size() -> None:
+    async def body() -> None:
+        policy = BatchingPolicy(
+            max_batch_size=64, preferred_batch_sizes=(3,), max_queue_delay_microseconds=5_000_000
+        )
+        batcher, model, _ = make(policy)
+        futures: list = []
+        started = time.perf_counter()
+        await _trickle(batcher, 3, futures)
+        await asyncio.gather(*futures)
+        assert model.batches == [3]
+        assert time.perf_counter() - started < 2.0
+        await batcher.close()
+
+    run(body)
+
+
+def test_collection_stops_after_max_queue_delay_while_arrivals_continue() -> None:
+    async def body() -> None:
+        delay = 0.05
+        policy = BatchingPolicy(
+            max_batch_size=100_000, max_queue_delay_microseconds=int(delay * 1e6)
+        )
+        batcher, model, _ = make(policy)
+        futures: list = []
+        producer = asyncio.create_task(_trickle(batcher, 100_000, futures))
+        while not futures:
+            await asyncio.sleep(0)
+        first = await futures[0]
+        producer.cancel()
+        assert first[0].shape == (1, 2)
+        assert model.batches[0] > 1  # it did collect while requests kept arriving
+        started = time.perf_counter()
+        await asyncio.gather(*futures, return_exceptions=True)
+        assert time.perf_counter() - started < 5
+        await batcher.close()
+
+    run(body)
+
+
+def test_requests_queue_while_the_instance_is_busy_and_form_the_next_batch() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0))
+        model.release.clear()
+        first = batcher.submit(rows(0))
+        await wait_running(model)
+        later = [batcher.submit(rows(i)) for i in range(1, 6)]
+        model.release.set()
+        await asyncio.gather(first, *later)
+        assert model.batches == [1, 5]
+        await batcher.close()
+
+    run(body)
+
+
+def test_full_queue_refuses_at_admission() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0, max_queue_size=2)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        queued = [batcher.submit(rows(1)), batcher.submit(rows(2))]
+        with pytest.raises(QueueFullError, match="2 requests are waiting, max_queue_size is 2"):
+            batcher.submit(rows(3))
+        assert metrics.rejections == 1
+        model.release.set()
+        await asyncio.gather(running, *queued)
+        await batcher.submit(rows(4))  # serving again once the queue drained
+        await batcher.close()
+
+    run(body)
+
+
+def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        cancelled = batcher.submit(rows(1))
+        expired = batcher.submit(rows(2), deadline=time.perf_counter() + 0.01)
+        alive = batcher.submit(rows(3), deadline=time.perf_counter() + 30)
+        cancelled.cancel()
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await running
+        np.testing.assert_array_equal((await alive)[0], rows(3) * 2)
+        with pytest.raises(DeadlineExpiredError, match="deadline expired"):
+            await expired
+        assert model.batches == [1, 1]
+        assert sorted(metrics.dropped_reasons) == ["cancelled", "deadline"]
+        await batcher.close()
+
+    run(body)
+
+
+def test_instances_execute_in_parallel() -> None:
+    async def body() -> None:
+        barrier = threading.Barrier(2, timeout=5)
+
+        class Parallel(FakeModel):
+            def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+                barrier.wait()  # both executions must be running at the same time
+                return super().__call__(batch)
+
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0, instances=2),
+            Parallel(),
+        )
+        await asyncio.gather(batcher.submit(rows(0)), batcher.submit(rows(1)))
+        assert model.batches == [1, 1]
+        await batcher.close()
+
+    run(body)
+
+
+def test_disabled_batching_runs_every_request_alone() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(BatchingPolicy(enabled=False, max_batch_size=64))
+        await asyncio.gather(*(batcher.submit(rows(i, i)) for i in range(5)))
+        assert model.batches == [2, 2, 2, 2, 2]
+        await batcher.close()
+
+    run(body)
+
+
+def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
+    async def body() -> None:
+        batcher, _, _ = make(BatchingPolicy(max_batch_size=2, max_queue_delay_microseconds=0))
+        futures = [batcher.submit(rows(i)) for i in range(6)]
+        await batcher.close()
+        assert all(f.done() and f.exception() is None for f in futures)
+        with pytest.raises(ModelUnavailableError, match="unloading"):
+            batcher.submit(rows(9))
+
+    run(body)
+
+
+def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -> None:
+    async def body() -> None:
+        calls = []
+
+        def flaky(batch: np.ndarray) -> list[np.ndarray]:
+            calls.append(batch.shape[0])
+            if len(calls) == 1:
+                raise RuntimeError("boom")
+            return [batch]
+
+        batcher = Batcher(flaky, BatchingPolicy(max_queue_delay_microseconds=0), name="flaky")
+        batcher.start()
+        with pytest.raises(RuntimeError, match="boom"):
+            await batcher.submit(rows(1))
+        np.testing.assert_array_equal((await batcher.submit(rows(2)))[0], rows(2))
+        await batcher.close()
+
+    run(body)
+
+
+def test_outputs_with_the_wrong_number_of_rows_are_an_error() -> None:
+    async def body() -> None:
+        batcher = Batcher(lambda b: [b[:1]], BatchingPolicy(), name="model 'bad' v1")
+        batcher.start()
+        futures = [batcher.submit(rows(1)), batcher.submit(rows(2))]
+        for future in futures:
+            with pytest.raises(RuntimeError, match="returned 1 rows for a batch of 2"):
+                await future
+        await batcher.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"max_batch_size": 0},
+        {"max_queue_size": 0},
+        {"instances": 0},
+        {"max_queue_delay_microseconds": -1},
+        {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+    ],
+)
+def test_invalid_policies_are_refused(kwargs: dict) -> None:
+    with pytest.raises(SettingsError):
+        BatchingPolicy(**kwargs)

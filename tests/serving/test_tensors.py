@@ -1,0 +1,141 @@
+"""Decoding and validation of request tensors, and the top-k encoding."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from protos import grpc_service_pb2 as pb
+from protos import predict_pb2
+from serving.errors import InvalidInputError
+from serving.tensors import TensorSpec, decode_kserve, decode_predict, top_k_rows
+
+IMAGE = TensorSpec("input", np.dtype("<f4"), (-1, 1, 8, 8))
+MODEL = "model 'mlp' v1"
+
+
+def tensor(array: np.ndarray, dtype: int = predict_pb2.FLOAT32, shape=None) -> predict_pb2.Tensor:
+    return predict_pb2.Tensor(
+        shape=array.shape if shape is None else shape, dtype=dtype, data=array.tobytes()
+    )
+
+
+def images(rows: int) -> np.ndarray:
+    return np.arange(rows * 64, dtype=np.float32).reshape(rows, 1, 8, 8) / 100
+
+
+def test_valid_input_is_read_without_a_copy() -> None:
+    message = tensor(images(3))
+    array = decode_predict(message, IMAGE, MODEL, max_rows=64)
+    np.testing.assert_array_equal(array, images(3))
+    assert not array.flags.owndata  # a view on the request's bytes
+
+
+@pytest.mark.parametrize(
+    ("message", "expected"),
+    [
+        (
+            tensor(images(1).astype(np.float64), predict_pb2.FLOAT64),
+            "has dtype FLOAT64; model 'mlp' v1 expects FLOAT32",
+        ),
+        (
+            tensor(images(1), predict_pb2.DATA_TYPE_UNSPECIFIED),
+            "has dtype DATA_TYPE_UNSPECIFIED; model 'mlp' v1 expects FLOAT32",
+        ),
+        (
+            tensor(images(3).reshape(3, 64)),
+            r"has shape \[3, 64\]; model 'mlp' v1 expects \[batch, 1, 8, 8\]",
+        ),
+        (
+            tensor(images(2).reshape(2, 1, 4, 16)),
+            r"has shape \[2, 1, 4, 16\]; model 'mlp' v1 expects \[batch, 1, 8, 8\]",
+        ),
+        (tensor(images(1), shape=(2, 1, 8, 8)), "has 256 bytes of data; shape .* needs 512"),
+        (tensor(np.zeros((0, 1, 8, 8), np.float32)), "empty batch"),
+        (tensor(images(65)), "has 65 rows; model 'mlp' v1 accepts at most 64"),
+    ],
+)
+def test_invalid_inputs_name_what_was_received_and_expected(
+    message: predict_pb2.Tensor, expected: str
+) -> None:
+    with pytest.raises(InvalidInputError, match=expected):
+        decode_predict(message, IMAGE, MODEL, max_rows=64)
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_nan_and_inf_are_refused_with_their_position(bad: float) -> None:
+    array = images(2)
+    array[1, 0, 3, 4] = bad
+    with pytest.raises(
+        InvalidInputError, match=r"1 NaN/Inf values \(first at index \[1, 0, 3, 4\]\)"
+    ):
+        decode_predict(tensor(array), IMAGE, MODEL, max_rows=64)
+
+
+def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
+    array = np.full((1, 1, 8, 8), 3e38, dtype=np.float32)
+    decode_predict(tensor(array), IMAGE, MODEL, max_rows=64)
+
+
+def test_no_row_limit_when_max_rows_is_zero() -> None:
+    assert decode_predict(tensor(images(100)), IMAGE, MODEL, max_rows=0).shape[0] == 100
+
+
+def kserve(array: np.ndarray, *, raw: bool = True, name: str = "input", datatype: str = "FP32"):
+    tensor = pb.ModelInferRequest.InferInputTensor(name=name, datatype=datatype, shape=array.shape)
+    request = pb.ModelInferRequest(model_name="mlp", inputs=[tensor])
+    if raw:
+        request.raw_input_contents.append(array.tobytes())
+    else:
+        request.inputs[0].contents.fp32_contents.extend(array.ravel().tolist())
+    return request
+
+
+def test_kserve_raw_and_typed_contents_decode_to_the_same_array() -> None:
+    raw = decode_kserve(kserve(images(2)), IMAGE, MODEL, 64)
+    typed = decode_kserve(kserve(images(2), raw=False), IMAGE, MODEL, 64)
+    np.testing.assert_array_equal(raw, typed)
+    np.testing.assert_array_equal(raw, images(2))
+
+
+@pytest.mark.parametrize(
+    ("request_", "expected"),
+    [
+        (
+            kserve(images(1), name="x"),
+            r"request has inputs \['x'\]; model 'mlp' v1 expects one input 'input'",
+        ),
+        (kserve(images(1), datatype="FP64"), "has datatype FP64; model 'mlp' v1 expects FP32"),
+        (kserve(images(1)[:, :, :4], raw=False), r"has shape \[1, 1, 4, 8\]"),
+        (
+            pb.ModelInferRequest(
+                inputs=[
+                    pb.ModelInferRequest.InferInputTensor(
+                        name="input", datatype="FP32", shape=[1, 1, 8, 8]
+                    )
+                ]
+            ),
+            "has 0 values in contents; shape .* needs 64",
+        ),
+    ],
+)
+def test_invalid_kserve_requests_are_refused(request_, expected: str) -> None:
+    with pytest.raises(InvalidInputError, match=expected):
+        decode_kserve(request_, IMAGE, MODEL, 64)
+
+
+def test_kserve_with_two_raw_buffers_is_refused() -> None:
+    request = kserve(images(1))
+    request.raw_input_contents.append(b"")
+    with pytest.raises(InvalidInputError, match="2 raw_input_contents entries"):
+        decode_kserve(request, IMAGE, MODEL, 64)
+
+
+def test_top_k_rows_are_best_first_with_labels() -> None:
+    probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    labels = ("a", "b", "c")
+    top1 = top_k_rows(probabilities, 1, labels)
+    assert [[c.label for c in row.classes] for row in top1] == [["b"], ["a"]]
+    top2 = top_k_rows(probabilities, 2, labels)
+    assert [[c.index for c in row.classes] for row in top2] == [[1, 2], [0, 2]]
+    assert top2[0].classes[0].score == pytest.approx(0.7)
