@@ -17,7 +17,8 @@ dimension, so the maintained one wins. It also runs the onnxscript optimizer
 simplification applied; ONNX Runtime's offline optimizer is not used because its
 extended levels emit com.microsoft fused ops that Triton builds with other ORT versions
 need not run and that the ONNX checker cannot validate. Opset 18: the exporter's native
-opset, >= 17 as required, and run by every ONNX Runtime since 1.14 (Triton 23.02+).
+opset, >= 17 as required; with IR version 8 (the lowest that carries it) every ONNX
+Runtime since 1.14 loads the file.
 """
 
 from __future__ import annotations
@@ -466,6 +467,11 @@ def export_trained_model(
     started = time.perf_counter()
     wrapper = ExportModule.from_trained(trained)
     onnx_model = to_onnx(wrapper, _rows(trained.holdout, _SAMPLE_ROWS), settings.opset)
+    # The exporter stamps its newest IR version (10); the oldest one that carries these
+    # opsets (8 for opset 18) lets older ONNX Runtime builds, e.g. in Triton, load it too.
+    onnx_model.ir_version = min(
+        onnx_model.ir_version, onnx.helper.find_min_ir_version_for(onnx_model.opset_import)
+    )
     created_at = datetime.now(UTC).isoformat(timespec="seconds")
     commit = git_commit()
     set_metadata(onnx_model, metadata(trained, created_at, commit))

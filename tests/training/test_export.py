@@ -85,6 +85,7 @@ def test_round_trip_matches_pytorch_on_fresh_inputs(exported, kind: str) -> None
     model = onnx.load(str(path))
     onnx.checker.check_model(model, full_check=True)
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= 17
+    assert model.ir_version == onnx.helper.find_min_ir_version_for(model.opset_import)
     rng = np.random.default_rng(1)
     for rows in (1, 5, 300):  # 300 > the holdout the exporter saw
         if kind == "linear":
