@@ -1,0 +1,139 @@
+"""The server follows its repository: new versions, corrupt versions, loading, removal."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import onnxruntime as ort
+import pytest
+from serving_support import (
+    add_model,
+    build_repository,
+    mlp_model,
+    model_config,
+    slow_model,
+    write_version,
+)
+
+from model_repository import layout
+from protos import predict_pb2
+from serving.client import Client
+
+ROW = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
+
+
+def wait_for(condition: Callable[[], object], timeout: float = 30.0, what: str = "") -> object:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(0.02)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def states(client: Client, name: str) -> dict[int, int]:
+    return {v.version: v.state for v in client.get_model(name).versions}
+
+
+@pytest.fixture(scope="module")
+def watched(tmp_path_factory):
+    """A dedicated server over a repository this module changes."""
+    from serving_support import ServerProcess
+
+    repository = build_repository(tmp_path_factory.mktemp("hot") / "models")
+    process = ServerProcess(repository)
+    process.start(tmp_path_factory.mktemp("hot-logs"))
+    with Client(process.target, timeout=20) as client:
+        yield process, repository, client
+    assert process.stop() == 0, process.log()
+
+
+def test_new_version_becomes_default_after_loading_and_the_old_one_is_unloaded(watched):
+    process, repository, client = watched
+    v1 = client.predict("mlp", ROW).probabilities
+    path = write_version(repository, "mlp", mlp_model(seed=5), 2)
+    wait_for(lambda: client.get_model("mlp").version == 2, what="v2 as default")
+    expected = ort.InferenceSession(str(path / "model.onnx")).run(
+        ["probabilities"], {"input": ROW}
+    )[0]
+    result = client.predict("mlp", ROW)
+    assert result.version == 2
+    np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5, atol=1e-6)
+    assert not np.allclose(result.probabilities, v1)
+    # version_policy defaults to latest 1: v1 is drained and unloaded
+    wait_for(lambda: states(client, "mlp") == {2: predict_pb2.READY}, what="v1 unloaded")
+    with pytest.raises(grpc.RpcError) as error:
+        client.predict("mlp", ROW, version=1)
+    assert error.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "event=model_unloaded model=mlp version=1" in process.log()
+
+
+def test_corrupt_version_is_logged_and_skipped_while_the_previous_keeps_serving(watched):
+    process, repository, client = watched
+    before = client.get_model("mlp").version
+    staging = repository / f"{layout.STAGING_PREFIX}corrupt"
+    staging.mkdir()
+    (staging / layout.MODEL_FILENAME).write_bytes(b"this is not an ONNX file")
+    staging.rename(repository / "mlp" / "9")
+    failed = wait_for(lambda: states(client, "mlp").get(9) == predict_pb2.FAILED, what="v9 failed")
+    assert failed
+    info = client.get_model("mlp")
+    assert info.version == before
+    reason = next(v.reason for v in info.versions if v.version == 9)
+    assert "ONNX Runtime cannot load" in reason
+    assert client.predict("mlp", ROW).version == before
+    with pytest.raises(grpc.RpcError) as error:
+        client.predict("mlp", ROW, version=9)
+    assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert "event=model_load_failed model=mlp version=9" in process.log()
+    shutil.rmtree(repository / "mlp" / "9")
+    wait_for(lambda: 9 not in states(client, "mlp"), what="v9 forgotten")
+
+
+def test_model_is_unavailable_while_loading_then_ready(watched):
+    _, repository, client = watched
+    staging = repository / f"{layout.STAGING_PREFIX}slowload"
+    add_model(
+        staging,
+        "slowload",
+        slow_model(size=1024, steps=16),
+        model_config("slowload", max_batch_size=1),
+    )
+    row = np.ones((1, 4), np.float32)
+
+    def first_answer() -> grpc.StatusCode | None:
+        try:
+            client.predict("slowload", row, timeout=30)
+        except grpc.RpcError as error:
+            if error.code() == grpc.StatusCode.NOT_FOUND:
+                return None
+            assert "has no ready version: 1 (loading)" in error.details()
+            return error.code()
+        return grpc.StatusCode.OK
+
+    (staging / "slowload").rename(repository / "slowload")
+    assert wait_for(first_answer, what="slowload to appear") == grpc.StatusCode.UNAVAILABLE
+    wait_for(lambda: states(client, "slowload") == {1: predict_pb2.READY}, what="slowload ready")
+    assert client.predict("slowload", row, timeout=30).predictions is not None
+    shutil.rmtree(repository / "slowload")
+
+
+def test_removed_model_is_unloaded_and_then_not_found(watched):
+    _, repository, client = watched
+    shutil.rmtree(repository / "reg")
+
+    def gone() -> bool:
+        try:
+            client.predict("reg", np.ones((1, 4), np.float32))
+        except grpc.RpcError as error:
+            return error.code() == grpc.StatusCode.NOT_FOUND
+        return False
+
+    wait_for(gone, what="reg removed")
+    assert "reg" not in [m.name for m in client.list_models()]
+    assert client.predict("mlp", ROW).labels
