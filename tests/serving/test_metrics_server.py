@@ -1,0 +1,196 @@
+"""The live server's /metrics move by the expected amounts for known traffic.
+
+The session ``server`` is shared with other tests, so every check compares a scrape taken
+before this test's traffic with one taken after it (tests run one at a time).
+"""
+
+from __future__ import annotations
+
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+
+import grpc
+import numpy as np
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from protos import grpc_service_pb2 as pb
+from protos import grpc_service_pb2_grpc
+from serving.client import Client, predict_request
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+MLP_ROW = np.full((1, 1, 8, 8), 0.5, dtype=np.float32)
+SLOW_ROW = np.ones((1, 4), np.float32)
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples) -> Callable[..., float]:
+    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+
+def codes_of(calls: list[grpc.Future]) -> list[grpc.StatusCode]:
+    codes = []
+    for call in calls:
+        try:
+            call.result()
+            codes.append(grpc.StatusCode.OK)
+        except grpc.RpcError as error:
+            codes.append(error.code())
+    return codes
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    with Client(server.target, timeout=20) as client:
+        yield client
+
+
+def kserve_request(array: np.ndarray) -> pb.ModelInferRequest:
+    return pb.ModelInferRequest(
+        model_name="mlp",
+        inputs=[
+            pb.ModelInferRequest.InferInputTensor(name="input", datatype="FP32", shape=[1, 1, 8, 8])
+        ],
+        raw_input_contents=[array.tobytes()],
+    )
+
+
+def test_counters_move_by_expected_amounts_for_known_traffic(server, client):
+    successes, invalid, unknown, kserve = 7, 4, 3, 2
+    mlp = {"model": "mlp", "version": "1"}
+    before = scrape(server.metrics_port)
+
+    rows = np.repeat(MLP_ROW, 3, axis=0)  # 3 rows per request
+    for _ in range(successes):
+        assert len(client.predict("mlp", rows).labels) == 3
+    for _ in range(invalid):
+        with pytest.raises(grpc.RpcError) as caught:
+            client.predict("mlp", np.zeros((2, 5), np.float32))  # wrong rank
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    for _ in range(unknown):
+        with pytest.raises(grpc.RpcError) as caught:
+            client.predict("no-such-model", MLP_ROW)
+        assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    with grpc.insecure_channel(server.target) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        for _ in range(kserve):
+            assert stub.ModelInfer(kserve_request(MLP_ROW), timeout=10).outputs
+
+    d = delta(before, scrape(server.metrics_port))
+    assert d("d2lserve_requests_total", **mlp, api="predict", code="OK") == successes
+    assert d("d2lserve_requests_total", **mlp, api="predict", code="INVALID_ARGUMENT") == invalid
+    assert d("d2lserve_requests_total", **mlp, api="kserve", code="OK") == kserve
+    # Unknown models share one bounded label value and an empty version.
+    assert (
+        d("d2lserve_requests_total", model="_unknown", version="", api="predict", code="NOT_FOUND")
+        == unknown
+    )
+    assert d("d2lserve_inferred_rows_total", **mlp) == 3 * successes + kserve
+    assert d("d2lserve_request_duration_seconds_count", **mlp, api="predict") == successes + invalid
+    assert d("d2lserve_request_duration_seconds_count", **mlp, api="kserve") == kserve
+    # Invalid input never reaches the queue or session.run.
+    assert d("d2lserve_queue_duration_seconds_count", **mlp) == successes + kserve
+    assert d("d2lserve_batch_size_sum", **mlp) == 3 * successes + kserve
+    assert d("d2lserve_decode_duration_seconds_count", **mlp) == successes + kserve
+    assert d("d2lserve_encode_duration_seconds_count", **mlp) == successes + kserve
+    after = scrape(server.metrics_port)
+    assert value(after, "d2lserve_inflight_requests", **mlp) == 0
+    assert value(after, "d2lserve_queue_depth", **mlp) == 0
+
+
+def test_batch_size_histogram_shows_batches_above_one_under_concurrent_load(server, client):
+    count = 48
+    mlp = {"model": "mlp", "version": "1"}
+    before = scrape(server.metrics_port)
+    request = predict_request("mlp", MLP_ROW)
+    calls = [client.stub.Predict.future(request, timeout=20) for _ in range(count)]
+    assert codes_of(calls) == [grpc.StatusCode.OK] * count
+
+    d = delta(before, scrape(server.metrics_port))
+    executions = d("d2lserve_executions_total", **mlp)
+    assert d("d2lserve_batch_size_count", **mlp) == executions
+    assert d("d2lserve_batch_size_sum", **mlp) == count
+    assert 1 <= executions < count
+    # Batches of more than one row: executions above the le="1.0" bucket.
+    single = d("d2lserve_batch_size_bucket", **mlp, le="1.0")
+    assert executions - single >= 1, f"{count} requests, {executions} executions, all of 1 row"
+    assert d("d2lserve_compute_duration_seconds_count", **mlp) == executions
+    assert d("d2lserve_queue_duration_seconds_count", **mlp) == count
+
+
+def test_queue_full_rejections_are_counted(server, client):
+    slow = {"model": "slow", "version": "1"}
+    before = scrape(server.metrics_port)
+    request = predict_request("slow", SLOW_ROW)
+    codes = codes_of([client.stub.Predict.future(request, timeout=30) for _ in range(12)])
+    rejected = codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED)
+    assert rejected >= 1 and set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
+
+    d = delta(before, scrape(server.metrics_port))
+    assert d("d2lserve_queue_rejections_total", **slow) == rejected
+    assert (
+        d("d2lserve_requests_total", **slow, api="predict", code="RESOURCE_EXHAUSTED") == rejected
+    )
+    assert d("d2lserve_requests_total", **slow, api="predict", code="OK") == 12 - rejected
+
+
+def test_requests_expiring_in_the_queue_are_counted_as_dropped(server, client):
+    slow = {"model": "slow", "version": "1"}
+    before = scrape(server.metrics_port)
+    busy = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
+    time.sleep(0.01)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.predict("slow", SLOW_ROW, timeout=0.005)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    busy.result()
+    # The batcher skips the expired entry when it reaches it: allow it that moment.
+    deadline = time.monotonic() + 10
+    while True:
+        d = delta(before, scrape(server.metrics_port))
+        drops = d("d2lserve_dropped_requests_total", **slow, reason="deadline") + d(
+            "d2lserve_dropped_requests_total", **slow, reason="cancelled"
+        )
+        if drops >= 1 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert drops == 1
+    assert d("d2lserve_executions_total", **slow) == 1  # only the busy request ran
+
+
+def test_model_and_process_metrics_are_exported(server):
+    samples = scrape(server.metrics_port)
+    for model in ("mlp", "reg", "slow"):
+        labels = {"model": model, "version": "1"}
+        assert value(samples, "d2lserve_model_state", **labels, state="ready") == 1
+        assert value(samples, "d2lserve_model_state", **labels, state="failed") == 0
+        assert ("d2lserve_model_load_failures_total", frozenset({("model", model)})) in samples
+    info = [key for key in samples if key[0] == "d2lserve_runtime_info"]
+    assert len(info) == 1
+    assert dict(info[0][1])["provider"] == "CPUExecutionProvider"
+    scanned = value(samples, "d2lserve_repository_last_scan_timestamp_seconds")
+    assert time.time() - 60 < scanned <= time.time() + 1
+    names = {name for name, _ in samples}
+    assert {"process_cpu_seconds_total", "process_resident_memory_bytes", "python_info"} <= names
+
+
+def test_no_metrics_switch_serves_no_metrics_endpoint(model_repository, start_server):
+    server = start_server(model_repository, "--no-metrics")
+    with Client(server.target, timeout=10) as client:
+        assert client.predict("mlp", MLP_ROW).labels
+    with pytest.raises(urllib.error.URLError):
+        scrape(server.metrics_port)
