@@ -1,0 +1,468 @@
+"""Serving benchmark (issue 6): the compute limit, then the service under load, in one run.
+
+The server is pinned to one core and the load generator to another (``taskset``), so the
+figures say what one server core does. Every case is a real ``python -m serving`` process
+driven by ``python -m serving.loadtest`` (closed loop); the in-process ONNX Runtime baseline
+runs pinned to the server's core with the server's thread settings (1 intra-op thread).
+
+Models (random weights, exported through ``training.export`` like a trained model):
+* ``mlp``  784 -> 256 -> 10 on 1x28x28 input (the issue's reference shape; no data set is
+  needed, so this works offline);
+* ``wide`` 784 -> H -> H -> 10 (H = --wide-hidden, 3072 by default): a compute-heavy variant
+  whose single-row ``session.run`` takes about a millisecond.
+
+    python bench/serve_bench.py            # ~3 minutes
+    python bench/serve_bench.py --quick    # ~1 minute, shorter runs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+PYTHON = sys.executable
+
+
+# -- models -------------------------------------------------------------------------------------
+
+
+def build_repository(repository: Path, wide_hidden: int, seed: int = 0) -> None:
+    """Export ``mlp`` and ``wide`` with random weights through the project's exporter."""
+    import torch
+    from torch import nn
+
+    from training.export import export_trained_model
+    from training.result import DatasetInfo, TrainedModel
+
+    torch.manual_seed(seed)
+    info = DatasetInfo(
+        name="synthetic",
+        task="classification",
+        input_shape=(1, 28, 28),
+        labels=tuple(f"class-{i}" for i in range(10)),
+        input_range=(0.0, 1.0),
+        input_layout="NCHW",
+    )
+    networks = {
+        "mlp": nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)),
+        "wide": nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(784, wide_hidden),
+            nn.ReLU(),
+            nn.Linear(wide_hidden, wide_hidden),
+            nn.ReLU(),
+            nn.Linear(wide_hidden, 10),
+        ),
+    }
+    for name, network in networks.items():
+        trained = TrainedModel(
+            kind="mlp",
+            model=network.eval(),
+            dataset=info,
+            metrics={},
+            history=[],
+            hyperparameters={"note": "random weights for the serving benchmark", "name": name},
+            device="cpu",
+            seconds=0.0,
+            holdout=torch.rand(64, 1, 28, 28),
+        )
+        export_trained_model(trained, repository, name=name)
+
+
+def ort_rows_per_second(model_path: Path, batches: list[int], seconds: float) -> dict[str, float]:
+    """In-process ONNX Runtime, server thread settings: rows/s per batch size."""
+    import numpy as np
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session = ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
+    out: dict[str, float] = {}
+    for batch in batches:
+        x = np.random.default_rng(0).random((batch, 1, 28, 28), dtype=np.float32)
+        for _ in range(20):
+            session.run(None, {"input": x})
+        runs, started = 0, time.perf_counter()
+        while (elapsed := time.perf_counter() - started) < seconds:
+            session.run(None, {"input": x})
+            runs += 1
+        out[str(batch)] = runs * batch / elapsed
+    return out
+
+
+# -- the gRPC floor -----------------------------------------------------------------------------
+
+
+async def null_server(port: int) -> None:
+    """grpc.aio on uvloop answering Predict with a fixed, pre-serialized response.
+
+    No parsing, no batching, no model, no metrics: what one core does for a unary grpc.aio
+    call and nothing else, the ceiling for any Python grpc.aio handler on this machine.
+    """
+    import grpc
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+    from protos import predict_pb2
+
+    info = predict_pb2.ModelInfo(
+        name="mlp",
+        version=1,
+        task="classification",
+        inputs=[
+            predict_pb2.TensorSpec(name="input", dtype=predict_pb2.FLOAT32, shape=[-1, 1, 28, 28])
+        ],
+        metadata={"input_range": "[0.0, 1.0]"},
+    ).SerializeToString()
+    answer = predict_pb2.PredictResponse(
+        model="mlp",
+        version=1,
+        probabilities=predict_pb2.Tensor(shape=[1, 10], dtype=predict_pb2.FLOAT32, data=bytes(40)),
+    ).SerializeToString()
+
+    async def get_model(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return info
+
+    async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        return answer
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "d2lserve.v1.PredictionService",
+                {
+                    "GetModel": grpc.unary_unary_rpc_method_handler(get_model),
+                    "Predict": grpc.unary_unary_rpc_method_handler(predict),
+                },
+            ),
+        )
+    )
+    health_servicer = health.aio.HealthServicer()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
+# -- processes ----------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def pinned(core: int | None, command: list[str]) -> list[str]:
+    return command if core is None else ["taskset", "-c", str(core), *command]
+
+
+@dataclass
+class Server:
+    """``python -m serving`` pinned to one core, on free ports."""
+
+    repository: Path
+    flags: list[str]
+    core: int | None
+    log_dir: Path
+    port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
+    process: subprocess.Popen | None = None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def __enter__(self) -> Server:
+        import grpc
+        from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+        if self.flags == [NULL_SERVER]:
+            serve = [PYTHON, str(Path(__file__).resolve()), NULL_SERVER, str(self.port)]
+        else:
+            serve = [PYTHON, "-m", "serving", "--model-repository", str(self.repository),
+                     "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port),
+                     "--poll-interval", "0", "--log-level", "warning", *self.flags]  # fmt: skip
+        command = pinned(self.core, serve)
+        log = (self.log_dir / f"server-{self.port}.log").open("wb")
+        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        with grpc.insecure_channel(self.target) as channel:
+            stub = health_pb2_grpc.HealthStub(channel)
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(f"server exited: see {log.name}")
+                try:
+                    request = health_pb2.HealthCheckRequest()
+                    if (
+                        stub.Check(request, timeout=1.0).status
+                        == health_pb2.HealthCheckResponse.SERVING
+                    ):
+                        return self
+                except grpc.RpcError:
+                    pass
+                time.sleep(0.2)
+        raise RuntimeError(f"server not serving within 120 s: see {log.name}")
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.process is not None
+        self.process.terminate()
+        try:
+            self.process.wait(30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    server: str  # key of SERVERS
+    model: str = "mlp"
+    api: str = "predict"
+    concurrency: int = 1
+    rows: int = 1
+
+
+NULL_SERVER = "--null-server"
+SERVERS = {
+    "batching": [],
+    "no-batching": ["--no-batching"],
+    "no-metrics": ["--no-metrics"],
+    "asyncio-loop": ["--event-loop", "asyncio"],
+    "null": [NULL_SERVER],
+}
+CASES = [
+    Case("batching c1", "batching", concurrency=1),
+    Case("batching c16", "batching", concurrency=16),
+    Case("batching c64", "batching", concurrency=64),
+    Case("batching 64 rows c16", "batching", concurrency=16, rows=64),
+    Case("batching kserve c64", "batching", api="kserve", concurrency=64),
+    Case("batching stream c64", "batching", api="stream", concurrency=64),
+    Case("batching wide c64", "batching", model="wide", concurrency=64),
+    Case("no-batching c1", "no-batching", concurrency=1),
+    Case("no-batching c16", "no-batching", concurrency=16),
+    Case("no-batching c64", "no-batching", concurrency=64),
+    Case("no-batching 64 rows c16", "no-batching", concurrency=16, rows=64),
+    Case("no-batching wide c64", "no-batching", model="wide", concurrency=64),
+    Case("no-metrics c64", "no-metrics", concurrency=64),
+    Case("asyncio loop c64", "asyncio-loop", concurrency=64),
+    Case("null grpc.aio c1", "null", concurrency=1),
+    Case("null grpc.aio c64", "null", concurrency=64),
+]
+
+
+def run_case(case: Case, server: Server, args: argparse.Namespace, out_dir: Path) -> dict:
+    report_path = out_dir / f"{case.name.replace(' ', '_')}.json"
+    metrics = (
+        ["--no-server-metrics"]
+        if case.server in ("no-metrics", "null")
+        else ["--metrics-url", f"http://127.0.0.1:{server.metrics_port}/metrics"]
+    )
+    command = pinned(
+        args.client_core,
+        [PYTHON, "-m", "serving.loadtest", "--target", server.target, "--model", case.model,
+         "--api", case.api, "--concurrency", str(case.concurrency), "--rows", str(case.rows),
+         "--duration", str(args.duration), "--warmup", str(args.warmup), "--json", str(report_path),
+         "--quiet", "--max-error-ratio", "0.001", *metrics],
+    )  # fmt: skip
+    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+    if not report_path.exists():
+        raise RuntimeError(f"{case.name}: load tester failed: {done.stderr.strip()}")
+    print(f"  {case.name:<26} {done.stdout.strip()}", flush=True)
+    return json.loads(report_path.read_text())
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None, digits: int = 0) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return f"{value:,.{digits}f}"
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def print_results(
+    ort: dict, reports: dict[str, dict], ort_wide: dict
+) -> list[tuple[str, bool | None, str]]:
+    print("\n### In-process ONNX Runtime (1 intra-op thread, pinned to the server core)\n")
+    print("| model | batch 1 rows/s | batch 64 rows/s | batch 256 rows/s |")
+    print("|---|---:|---:|---:|")
+    for name, figures in (("mlp", ort), ("wide", ort_wide)):
+        print(f"| {name} | {fmt(figures['1'])} | {fmt(figures['64'])} | {fmt(figures['256'])} |")
+    wide_ms = 1e3 / ort_wide["1"]
+    print(f"\nwide single-row session.run: {wide_ms:.2f} ms")
+
+    print("\n### Service (server on one core, load generator on the other)\n")
+    print("| case | req/s | rows/s | p50 ms | p99 ms | errors | server CPU | client CPU | batch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for name, r in reports.items():
+        server = r.get("server") or {}
+        mean_batch = ratio(server.get("rows"), server.get("executions"))
+        print(
+            f"| {name} | {fmt(r['requests_per_second'])} | {fmt(r['rows_per_second'])} | "
+            f"{fmt(r['latency']['p50_ms'], 2)} | {fmt(r['latency']['p99_ms'], 2)} | "
+            f"{r['requests'] - r['ok']} | {fmt(r['server_cpu_ratio'], 2)} | "
+            f"{fmt(r['client_cpu_ratio'], 2)} | {fmt(mean_batch, 1)} |"
+        )
+
+    def rps(name: str) -> float | None:
+        return reports[name]["requests_per_second"] if name in reports else None
+
+    def rows(name: str) -> float | None:
+        return reports[name]["rows_per_second"] if name in reports else None
+
+    def lat(name: str, key: str) -> float | None:
+        return reports[name]["latency"][key] if name in reports else None
+
+    print("\n### Ratios\n")
+    lines = [
+        ("batching / no-batching, c1", ratio(rps("batching c1"), rps("no-batching c1"))),
+        ("batching / no-batching, c16", ratio(rps("batching c16"), rps("no-batching c16"))),
+        ("batching / no-batching, c64", ratio(rps("batching c64"), rps("no-batching c64"))),
+        ("batching / no-batching, 64 rows c16",
+         ratio(rows("batching 64 rows c16"), rows("no-batching 64 rows c16"))),
+        ("stream / unary kserve, c64",
+         ratio(rps("batching stream c64"), rps("batching kserve c64"))),
+        ("stream / unary predict, c64", ratio(rps("batching stream c64"), rps("batching c64"))),
+        ("metrics on / off, c64", ratio(rps("batching c64"), rps("no-metrics c64"))),
+        ("uvloop / asyncio loop, c64", ratio(rps("batching c64"), rps("asyncio loop c64"))),
+        ("service c64 / null grpc.aio server c64",
+         ratio(rps("batching c64"), rps("null grpc.aio c64"))),
+        ("wide: batching / no-batching, c64",
+         ratio(rps("batching wide c64"), rps("no-batching wide c64"))),
+        ("service c64 req/s / in-process ORT batch-1 calls/s",
+         ratio(rps("batching c64"), ort["1"])),
+        ("service 64-row rows/s / in-process ORT batch-64 rows/s",
+         ratio(rows("batching 64 rows c16"), ort["64"])),
+    ]  # fmt: skip
+    for label, value in lines:
+        print(f"- {label}: {fmt(value, 2)}")
+
+    c64, c64_p99 = rps("batching c64"), lat("batching c64", "p99_ms")
+    c1_p50 = lat("batching c1", "p50_ms")
+    rows64 = rows("batching 64 rows c16")
+    stream = ratio(rps("batching stream c64"), rps("batching kserve c64"))
+    wide = ratio(rps("batching wide c64"), rps("no-batching wide c64"))
+    targets: list[tuple[str, bool | None, str]] = [
+        ("(a) c64 >= 3,500 req/s, p99 < 25 ms",
+         None if c64 is None else c64 >= 3500 and (c64_p99 or 1e9) < 25,
+         f"{fmt(c64)} req/s, p99 {fmt(c64_p99, 2)} ms"),
+        ("(b) c1 p50 < 1 ms", None if c1_p50 is None else c1_p50 < 1.0,
+         f"p50 {fmt(c1_p50, 3)} ms"),
+        ("(c) 64-row c16 >= 80,000 rows/s", None if rows64 is None else rows64 >= 80_000,
+         f"{fmt(rows64)} rows/s"),
+        ("(d) stream c64 >= 2x unary c64", None if stream is None else stream >= 2.0,
+         f"{fmt(stream, 2)}x kserve unary"),
+        ("(e) wide: batching >= 3x no-batching at c64", None if wide is None else wide >= 3.0,
+         f"{fmt(wide, 2)}x"),
+    ]  # fmt: skip
+    print("\n### Targets\n")
+    for label, met, value in targets:
+        verdict = "not run" if met is None else "MET" if met else "MISSED"
+        print(f"- {verdict}: {label}: {value}")
+    return targets
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="short runs (warm-up 0.5 s, 2 s each)")
+    parser.add_argument("--duration", type=float, help="measured seconds per case (default 5)")
+    parser.add_argument("--warmup", type=float, help="warm-up seconds per case (default 1)")
+    parser.add_argument("--server-core", type=int, default=0, help="(default 0)")
+    parser.add_argument("--client-core", type=int, default=1, help="(default 1)")
+    parser.add_argument("--wide-hidden", type=int, default=3072, help="wide model width (3072)")
+    parser.add_argument("--only", help="comma-separated case names to run (default all)")
+    parser.add_argument("--json", type=Path, help="write every figure as JSON")
+    parser.add_argument("--keep", type=Path, help="keep the repository and reports here")
+    parser.add_argument("--ort-worker", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument(NULL_SERVER, type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--ort-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.null_server is not None:  # internal: the gRPC floor
+        import uvloop
+
+        uvloop.run(null_server(args.null_server))
+        return 0
+    if args.ort_worker is not None:  # internal: the pinned in-process baseline
+        print(json.dumps(ort_rows_per_second(args.ort_worker, [1, 64, 256], args.ort_seconds)))
+        return 0
+    args.duration = args.duration or (2.0 if args.quick else 5.0)
+    args.warmup = args.warmup if args.warmup is not None else (0.5 if args.quick else 1.0)
+    if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
+        print("taskset or a second core is missing: running unpinned (figures not comparable)")
+        args.server_core = args.client_core = None
+    cases = CASES
+    if args.only:
+        wanted = {name.strip() for name in args.only.split(",")}
+        cases = [case for case in CASES if case.name in wanted]
+
+    work = args.keep or Path(tempfile.mkdtemp(prefix="serve-bench-"))
+    work.mkdir(parents=True, exist_ok=True)
+    repository = work / "models"
+    print(f"building models in {repository} (random weights, via training.export)", flush=True)
+    if not (repository / "wide").exists():
+        build_repository(repository, args.wide_hidden)
+
+    def ort(model: str) -> dict:
+        command = pinned(
+            args.server_core,
+            [PYTHON, str(Path(__file__).resolve()), "--ort-worker",
+             str(repository / model / "1" / "model.onnx"),
+             "--ort-seconds", str(0.5 if args.quick else 1.5)],
+        )  # fmt: skip
+        done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+    print("in-process ONNX Runtime baseline", flush=True)
+    ort_mlp, ort_wide = ort("mlp"), ort("wide")
+    reports: dict[str, dict] = {}
+    for server_name, flags in SERVERS.items():
+        selected = [case for case in cases if case.server == server_name]
+        if not selected:
+            continue
+        print(f"server: {server_name} {' '.join(flags)}", flush=True)
+        with Server(repository, flags, args.server_core, work) as server:
+            for case in selected:
+                reports[case.name] = run_case(case, server, args, work)
+    targets = print_results(ort_mlp, reports, ort_wide)
+    if args.json is not None:
+        document = {
+            "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "pinning": {"server_core": args.server_core, "client_core": args.client_core},
+            "duration_seconds": args.duration,
+            "warmup_seconds": args.warmup,
+            "ort_rows_per_second": {"mlp": ort_mlp, "wide": ort_wide},
+            "cases": reports,
+            "targets": [{"target": t, "met": met, "value": v} for t, met, v in targets],
+        }
+        args.json.write_text(json.dumps(document, indent=2) + "\n")
+    if args.keep is None:
+        shutil.rmtree(work, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
