@@ -155,7 +155,7 @@ def load(settings: DataSettings) -> Dataset:
         f"Fashion-MNIST is not in {settings.data_dir / 'FashionMNIST' / 'raw'} and cannot be "
         "downloaded; falling back to the embedded 8x8 digits data set"
     )
-    LOGGER.warning(notice)
+    LOGGER.info(notice)  # the caller shows Dataset.notices to the user
     data = digits()
     return replace(data, notices=(*data.notices, notice))
 

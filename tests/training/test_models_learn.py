@@ -1,15 +1,12 @@
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import pytest
 import torch
-from torch import nn
 
-from training import data, models
+from training import data
 from training.cli import DEFAULTS
 from training.errors import ConfigError
 from training.models import ModelSettings
@@ -108,28 +105,6 @@ def test_trained_model_fills_the_export_contract(digits: data.Dataset) -> None:
     assert {"train_loss", "train_acc", "test_acc"} <= trained.metrics.keys()
     assert trained.seconds > 0 and trained.hyperparameters["impl"] == "scratch"
     assert trained.model(trained.holdout[:3]).shape == (3, 10)
-
-
-def test_scratch_mlp_is_an_onnx_exportable_module(tmp_path: Path) -> None:
-    settings = ModelSettings("mlp", "scratch", (32, 16), "tanh", dropout=0.3)
-    model = models.build(settings, (1, 8, 8), 10).eval()
-    assert isinstance(model, nn.Module) and len(list(model.parameters())) == 6
-    path = tmp_path / "scratch.onnx"
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.onnx.export(
-            model,
-            (torch.rand(4, 1, 8, 8),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_shapes=({0: torch.export.Dim("batch")},),
-        )
-    batch = torch.rand(37, 1, 8, 8)
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    (logits,) = session.run(None, {"input": batch.numpy()})
-    with torch.no_grad():
-        np.testing.assert_allclose(logits, model(batch).numpy(), atol=1e-5, rtol=0)
 
 
 def test_model_and_data_mismatch_and_bad_settings_are_config_errors(
