@@ -1,13 +1,16 @@
 """Helpers for the serving tests: a small real model repository and real server processes.
 
-The repository holds real ONNX graphs with the contract's tensor names and metadata
-(model_repository.metadata) and config.pbtxt files written through
-model_repository.config.format_config:
+``mlp`` and ``reg`` are small untrained networks exported by the real exporter
+(training.export.export_trained_model), so the tests serve exactly what training writes:
 
 * ``mlp``  classifier, input [batch, 1, 8, 8], outputs logits and probabilities [batch, 10]
-* ``reg``  regression, input [batch, 4], output prediction [batch, 1]
-* ``slow`` regression whose every execution takes tens of milliseconds (queue, deadline and
-  shutdown tests); max_queue_size 2
+* ``reg``  regression on 4 raw features (standardization inside the graph), output
+  prediction [batch, 1]
+
+``slow`` is built by hand with onnx.helper (with the contract's tensor names and metadata,
+config.pbtxt through model_repository.config.format_config): a regression whose every
+execution takes tens of milliseconds whatever the rows, for the queue, deadline, loading
+and shutdown tests; max_queue_size 2.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ from pathlib import Path
 import grpc
 import numpy as np
 import onnx
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
+from torch import nn
 
 from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import format_config
 from protos import model_config_pb2 as mc
+from training.export import ExportSettings, export_trained_model
+from training.result import DatasetInfo, TrainedModel
 
 ROOT = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
@@ -63,51 +70,61 @@ def _props(kind: str, task: str, labels: list[str], layout_name: str) -> dict[st
     }
 
 
-def mlp_model(seed: int = 0) -> onnx.ModelProto:
-    """Flatten -> Gemm(64, 16) -> Relu -> Gemm(16, 10) -> logits; Softmax -> probabilities."""
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((64, 16)).astype(np.float32) * 0.5, "w1"),
-        numpy_helper.from_array(rng.standard_normal(16).astype(np.float32) * 0.1, "b1"),
-        numpy_helper.from_array(rng.standard_normal((16, 10)).astype(np.float32) * 0.5, "w2"),
-        numpy_helper.from_array(rng.standard_normal(10).astype(np.float32) * 0.1, "b2"),
-    ]
-    nodes = [
-        helper.make_node("Flatten", ["input"], ["flat"], axis=1),
-        helper.make_node("Gemm", ["flat", "w1", "b1"], ["h"]),
-        helper.make_node("Relu", ["h"], ["hr"]),
-        helper.make_node("Gemm", ["hr", "w2", "b2"], [meta.LOGITS_NAME]),
-        helper.make_node("Softmax", [meta.LOGITS_NAME], [meta.PROBABILITIES_NAME], axis=1),
-    ]
-    graph = helper.make_graph(
-        nodes,
-        "mlp",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 1, 8, 8])],
-        [
-            helper.make_tensor_value_info(meta.LOGITS_NAME, TensorProto.FLOAT, ["batch", 10]),
-            helper.make_tensor_value_info(
-                meta.PROBABILITIES_NAME, TensorProto.FLOAT, ["batch", 10]
-            ),
-        ],
-        inits,
+def _trained(kind: str, net: nn.Module, info: DatasetInfo, holdout: torch.Tensor) -> TrainedModel:
+    return TrainedModel(
+        kind=kind,
+        model=net.eval(),
+        dataset=info,
+        metrics={"train_loss": 0.5},
+        history=[{"train_loss": 0.5}],
+        hyperparameters={"epochs": 0},
+        device="cpu",
+        seconds=0.0,
+        holdout=holdout,
     )
-    return _finish(graph, _props("mlp", meta.TASK_CLASSIFICATION, LABELS, "NCHW"))
 
 
-def regression_model(seed: int = 0) -> onnx.ModelProto:
-    rng = np.random.default_rng(seed)
-    inits = [
-        numpy_helper.from_array(rng.standard_normal((4, 1)).astype(np.float32), "w"),
-        numpy_helper.from_array(np.array([0.5], dtype=np.float32), "b"),
-    ]
-    graph = helper.make_graph(
-        [helper.make_node("Gemm", ["input", "w", "b"], [meta.PREDICTION_NAME])],
-        "reg",
-        [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["batch", 4])],
-        [helper.make_tensor_value_info(meta.PREDICTION_NAME, TensorProto.FLOAT, ["batch", 1])],
-        inits,
+def export_mlp(repository: Path, seed: int = 0) -> Path:
+    """An untrained digits-shaped MLP through training.export (the real exporter)."""
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
+    with torch.no_grad():  # logits of a few units, like a trained network
+        for param in net.parameters():
+            param.mul_(4.0)
+    info = DatasetInfo(
+        name="digits",
+        task=meta.TASK_CLASSIFICATION,
+        input_shape=(1, 8, 8),
+        labels=tuple(LABELS),
+        input_range=(0.0, 1.0),
     )
-    return _finish(graph, _props("linear", meta.TASK_REGRESSION, [], "NF"))
+    trained = _trained("mlp", net, info, torch.rand(40, 1, 8, 8))
+    settings = ExportSettings(
+        max_batch_size=64, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
+        num_versions=1, verify_rows=40,
+    )  # fmt: skip
+    return export_trained_model(trained, repository, "mlp", settings)
+
+
+def export_regression(repository: Path, seed: int = 0) -> Path:
+    """A linear regression on 4 standardized features, through training.export."""
+    torch.manual_seed(seed)
+    info = DatasetInfo(
+        name="csv",
+        task=meta.TASK_REGRESSION,
+        input_shape=(4,),
+        feature_names=("a", "b", "c", "d"),
+        feature_mean=(1.0, 2.0, 3.0, 4.0),
+        feature_std=(2.0, 2.0, 0.5, 1.0),
+        input_range=None,
+        input_layout="NF",
+    )
+    trained = _trained("linear", nn.Linear(4, 1), info, torch.randn(40, 4))
+    settings = ExportSettings(
+        max_batch_size=16, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
+        num_versions=1, verify_rows=40,
+    )  # fmt: skip
+    return export_trained_model(trained, repository, "reg", settings)
 
 
 def slow_model(size: int = 512, steps: int = 30) -> onnx.ModelProto:
@@ -185,8 +202,8 @@ def add_model(repository: Path, name: str, model: onnx.ModelProto, config: str) 
 
 def build_repository(root: Path) -> Path:
     root.mkdir(parents=True, exist_ok=True)
-    add_model(root, "mlp", mlp_model(), model_config("mlp"))
-    add_model(root, "reg", regression_model(), model_config("reg", max_batch_size=16))
+    export_mlp(root)
+    export_regression(root)
     add_model(
         root,
         "slow",

@@ -12,11 +12,9 @@ import onnxruntime as ort
 import pytest
 from serving_support import (
     add_model,
-    build_repository,
-    mlp_model,
+    export_mlp,
     model_config,
     slow_model,
-    write_version,
 )
 
 from model_repository import layout
@@ -41,11 +39,12 @@ def states(client: Client, name: str) -> dict[int, int]:
 
 
 @pytest.fixture(scope="module")
-def watched(tmp_path_factory):
-    """A dedicated server over a repository this module changes."""
+def watched(model_repository, tmp_path_factory):
+    """A dedicated server over a copy of the repository, which this module changes."""
     from serving_support import ServerProcess
 
-    repository = build_repository(tmp_path_factory.mktemp("hot") / "models")
+    repository = tmp_path_factory.mktemp("hot") / "models"
+    shutil.copytree(model_repository, repository)
     process = ServerProcess(repository)
     process.start(tmp_path_factory.mktemp("hot-logs"))
     with Client(process.target, timeout=20) as client:
@@ -56,7 +55,8 @@ def watched(tmp_path_factory):
 def test_new_version_becomes_default_after_loading_and_the_old_one_is_unloaded(watched):
     process, repository, client = watched
     v1 = client.predict("mlp", ROW).probabilities
-    path = write_version(repository, "mlp", mlp_model(seed=5), 2)
+    path = export_mlp(repository, seed=5)  # the exporter publishes it as version 2
+    assert path.name == "2"
     wait_for(lambda: client.get_model("mlp").version == 2, what="v2 as default")
     expected = ort.InferenceSession(str(path / "model.onnx")).run(
         ["probabilities"], {"input": ROW}
