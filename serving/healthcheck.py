@@ -22,6 +22,8 @@ from typing import NoReturn
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.errors import SettingsError
+
 EXIT_SERVING = 0
 EXIT_NOT_SERVING = 1
 EXIT_USAGE = 2
@@ -31,7 +33,7 @@ DEFAULT_TIMEOUT_SECONDS = 3.0
 SERVING = health_pb2.HealthCheckResponse.ServingStatus.Name(health_pb2.HealthCheckResponse.SERVING)
 
 
-class HealthcheckError(ValueError):
+class HealthcheckError(SettingsError):
     """Invalid probe settings (bad target, timeout or TLS file)."""
 
 

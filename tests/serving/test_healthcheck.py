@@ -208,3 +208,11 @@ def test_module_runs_as_a_command(health_server):
     )  # fmt: skip
     assert completed.returncode == EXIT_SERVING, completed.stderr
     assert completed.stdout.startswith("SERVING ")
+
+
+def test_real_server_reports_serving_for_itself_and_each_model(server, capsys):
+    """Against `python -m serving` (the session server of tests/serving/conftest.py)."""
+    assert healthcheck.main(["--target", server.target]) == EXIT_SERVING
+    assert healthcheck.main(["--target", server.target, "--service", "mlp"]) == EXIT_SERVING
+    assert healthcheck.main(["--target", server.target, "--service", "nope"]) == EXIT_NOT_SERVING
+    assert "SERVICE_UNKNOWN" in capsys.readouterr().err
