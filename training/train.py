@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -23,10 +24,11 @@ from training.models import LossFunction, ModelSettings
 from training.result import TrainedModel
 
 EVAL_CHUNK_ROWS = 8192  # rows per forward pass when evaluating a whole set
-# Below this many multiply-adds per mini-batch a CPU fit runs on one thread: intra-op
-# threading buys nothing on such small matrices and, on a busy machine, spinning worker
-# threads made a digits fit 10-20x slower in our measurements.
-SINGLE_THREAD_MACS_PER_BATCH = 4_000_000
+# Below this many multiply-adds per mini-batch a CPU fit runs on one intra-op thread. For
+# d2l-sized models (up to the 784-256-10 MLP at batch 256, ~51M) a second thread buys little
+# and, on a busy 2-core machine, spinning OpenMP workers made epochs 1.2-30x slower in our
+# measurements (digits fits; Fashion-MNIST-sized softmax and MLP epochs).
+SINGLE_THREAD_MACS_PER_BATCH = 64_000_000
 
 
 @dataclass(frozen=True)
@@ -102,6 +104,20 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+@contextmanager
+def cpu_threads_for(model: nn.Module, batch_size: int) -> Iterator[None]:
+    """Run small CPU workloads on one intra-op thread; restore the thread count afterwards."""
+    device = next(model.parameters()).device
+    macs = batch_size * sum(p.numel() for p in model.parameters())  # ~ per forward pass
+    threads = torch.get_num_threads()
+    if device.type == "cpu" and macs < SINGLE_THREAD_MACS_PER_BATCH:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
 def make_optimizer(model: nn.Module, impl: str, lr: float) -> torch.optim.SGD | ScratchSGD:
     if impl == "scratch":
         return ScratchSGD(model.parameters(), lr)
@@ -125,15 +141,9 @@ def fit(
     model.to(device)
     optimizer = make_optimizer(model, impl, settings.lr)
     generator = torch.Generator(device=device).manual_seed(settings.seed)
-    macs = settings.batch_size * sum(p.numel() for p in model.parameters())
-    threads = torch.get_num_threads()
     start = time.perf_counter()
-    if device.type == "cpu" and macs < SINGLE_THREAD_MACS_PER_BATCH:
-        torch.set_num_threads(1)
-    try:
+    with cpu_threads_for(model, settings.batch_size):
         history = _epochs(model, loss_fn, optimizer, data, settings, generator, on_epoch)
-    finally:
-        torch.set_num_threads(threads)
     seconds = time.perf_counter() - start
     final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")}
     return FitResult(model=model, history=history, seconds=seconds, device=device, final=final)
