@@ -53,6 +53,7 @@ class BatchMetrics(Protocol):
     def queue_depth(self, depth: int) -> None: ...
     def rejected_queue_full(self) -> None: ...
     def dropped(self, reason: str) -> None: ...
+    def inflight(self, delta: int) -> None: ...
 
 
 class NullBatchMetrics:
@@ -71,6 +72,9 @@ class NullBatchMetrics:
         pass
 
     def dropped(self, reason: str) -> None:
+        pass
+
+    def inflight(self, delta: int) -> None:
         pass
 
 
@@ -149,6 +153,11 @@ class Batcher:
         self._arrivals = 0
         self._preferred = frozenset(policy.preferred_batch_sizes)
         self._delay = policy.max_queue_delay_microseconds / 1e6
+        # In-flight requests (queued or executing): counted here with plain ints and
+        # reported to the gauge once per batch, not twice per request.
+        self._admitted = 0
+        self._settled = 0
+        self._reported_inflight = 0
         # Counters read by GetModel (loop thread only).
         self.requests = 0
         self.rows = 0
@@ -176,6 +185,7 @@ class Batcher:
         queue = self._queue
         if len(queue) >= self.policy.max_queue_size:
             self._metrics.rejected_queue_full()
+            self._metrics.queue_depth(len(queue))
             raise QueueFullError(
                 f"{self.name} is overloaded: {len(queue)} requests are waiting, "
                 f"max_queue_size is {self.policy.max_queue_size}; retry later"
@@ -183,7 +193,7 @@ class Batcher:
         future: asyncio.Future[Outputs] = self._loop.create_future()
         queue.append(_Item(inputs, deadline, future))
         self._arrivals += 1
-        self._metrics.queue_depth(len(queue))
+        self._admitted += 1
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -255,14 +265,17 @@ class Batcher:
         """Move live requests from the queue into ``items`` while they fit in ``limit``."""
         queue = self._queue
         now = perf_counter()
+        self._metrics.queue_depth(len(queue))  # requests waiting as this batch forms
         while queue:
             item = queue[0]
             if item.future.done():  # the caller cancelled (or gave up) while queued
                 queue.popleft()
+                self._settled += 1
                 self._metrics.dropped("cancelled")
                 continue
             if item.deadline is not None and now >= item.deadline:
                 queue.popleft()
+                self._settled += 1
                 self._metrics.dropped("deadline")
                 item.future.set_exception(
                     DeadlineExpiredError(
@@ -283,8 +296,14 @@ class Batcher:
             rows += item.rows
             if rows >= limit:
                 break
-        self._metrics.queue_depth(len(queue))
+        self._report_inflight()
         return rows
+
+    def _report_inflight(self) -> None:
+        current = self._admitted - self._settled
+        if current != self._reported_inflight:
+            self._metrics.inflight(current - self._reported_inflight)
+            self._reported_inflight = current
 
     def _dispatch(self, items: list[_Item], rows: int) -> None:
         self._free -= 1
@@ -315,6 +334,7 @@ class Batcher:
         freed = self._instance_freed
         if freed is not None and not freed.done():
             freed.set_result(None)
+        self._settled += len(items)
         try:
             outputs, seconds = done.result()
             for output in outputs:
@@ -329,7 +349,9 @@ class Batcher:
             for item in items:
                 if not item.future.done():
                     item.future.set_exception(error)
+            self._report_inflight()
             return
+        self._report_inflight()
         self.executions += 1
         self._metrics.execution(rows, seconds)
         if len(items) == 1:
@@ -351,5 +373,7 @@ class Batcher:
     def _fail_queued(self, error: Exception) -> None:
         while self._queue:
             item = self._queue.popleft()
+            self._settled += 1
             if not item.future.done():
                 item.future.set_exception(error)
+        self._report_inflight()

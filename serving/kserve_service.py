@@ -41,10 +41,16 @@ def parse_version(text: str) -> int:
     return int(text)
 
 
-def _requested_outputs(request: pb.ModelInferRequest, version: ModelVersion) -> list[str]:
-    names = []
+def _requested_outputs(
+    request: pb.ModelInferRequest, version: ModelVersion
+) -> list[tuple[str, int, str]]:
+    """(name, index, datatype) of the outputs to return: the requested ones, else all."""
+    if not request.outputs:
+        return version.kserve_outputs
+    chosen = []
     for output in request.outputs:
-        if output.name not in version.output_index:
+        index = version.output_index.get(output.name)
+        if index is None:
             raise InvalidInputError(
                 f"requested output '{output.name}' does not exist; {version.description} has "
                 f"{list(version.output_index)}"
@@ -54,22 +60,22 @@ def _requested_outputs(request: pb.ModelInferRequest, version: ModelVersion) -> 
                 "the 'classification' output parameter is not supported; use the Predict "
                 "API's top_k for labels"
             )
-        names.append(output.name)
-    return names or [spec.name for spec in version.outputs]
+        chosen.append(version.kserve_outputs[index])
+    return chosen
 
 
 def infer_response(
-    version: ModelVersion, outputs: list[np.ndarray], names: list[str], request_id: str
+    version: ModelVersion,
+    outputs: list[np.ndarray],
+    chosen: list[tuple[str, int, str]],
+    request_id: str,
 ) -> pb.ModelInferResponse:
     tensors = []
     raw = []
-    for name in names:
-        index = version.output_index[name]
+    for name, index, datatype in chosen:
         array = outputs[index]
         tensors.append(
-            pb.ModelInferResponse.InferOutputTensor(
-                name=name, datatype=version.outputs[index].kserve_dtype, shape=array.shape
-            )
+            pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape)
         )
         raw.append(array.tobytes())
     return pb.ModelInferResponse(
@@ -98,7 +104,7 @@ class _Pending:
         self.version: ModelVersion | None = None
         self.future: asyncio.Future | None = None
         self.error: ServingError | None = None
-        self.names: list[str] = []
+        self.names: list[tuple[str, int, str]] = []
         self.rows = 0
 
 
@@ -162,7 +168,6 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             await abort_unresolved(self._repository, UNARY, request.model_name, error, context)
         metrics = version.metrics
-        metrics.inflight(1)
         code = "OK"
         rows = 0
         try:
@@ -190,7 +195,6 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             LOGGER.exception("event=infer_failed model=%s", version.description)
             await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
         finally:
-            metrics.inflight(-1)
             metrics.request_finished(UNARY, code, perf_counter() - started, rows)
 
     async def ModelStreamInfer(
@@ -251,7 +255,6 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             self._repository.metrics.request_unresolved(STREAM, status_code(error).name, label)
             return entry
         entry.version = version
-        version.metrics.inflight(1)
         try:
             entry.names = _requested_outputs(request, version)
             array = decode_kserve(request, version.input, version.description, version.max_rows)
@@ -287,7 +290,6 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             LOGGER.exception("event=stream_infer_failed model=%s", version.description)
             return pb.ModelStreamInferResponse(error_message=f"{version.description}: {error}")
         finally:
-            version.metrics.inflight(-1)
             version.metrics.request_finished(
                 STREAM, code, perf_counter() - entry.started, entry.rows
             )

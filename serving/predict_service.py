@@ -41,7 +41,6 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
         except ServingError as error:
             await abort_unresolved(self._repository, API, request.model, error, context)
         metrics = version.metrics
-        metrics.inflight(1)
         code = "OK"
         rows = 0
         try:
@@ -75,7 +74,6 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
             LOGGER.exception("event=predict_failed model=%s", version.description)
             await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
         finally:
-            metrics.inflight(-1)
             metrics.request_finished(API, code, perf_counter() - started, rows)
 
     async def ListModels(

@@ -108,6 +108,8 @@ class ModelVersion:
     input: TensorSpec | None = None
     outputs: tuple[TensorSpec, ...] = ()
     output_index: dict[str, int] = field(default_factory=dict)
+    # (name, index, KServe datatype) of every output, precomputed for the request path.
+    kserve_outputs: list[tuple[str, int, str]] = field(default_factory=list)
     task: str = ""
     labels: tuple[str, ...] = ()
     properties: dict[str, str] = field(default_factory=dict)
@@ -166,6 +168,9 @@ def open_version(runtime: Runtime, version: ModelVersion) -> None:
     version.input = _spec(inputs[0])
     version.outputs = tuple(_spec(o) for o in session.get_outputs())
     version.output_index = {spec.name: i for i, spec in enumerate(version.outputs)}
+    version.kserve_outputs = [
+        (spec.name, i, spec.kserve_dtype) for i, spec in enumerate(version.outputs)
+    ]
     props = metadata(session)
     task = props.get(meta_keys.TASK) or (
         meta_keys.TASK_CLASSIFICATION

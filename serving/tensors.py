@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -54,6 +54,13 @@ class TensorSpec:
     name: str
     dtype: np.dtype
     shape: tuple[int, ...]
+    # The dimensions after the batch one when all are fixed: a request's shape is then
+    # checked with one tuple comparison.
+    fixed_tail: tuple[int, ...] | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        tail = tuple(self.shape[1:])
+        object.__setattr__(self, "fixed_tail", None if any(d < 0 for d in tail) else tail)
 
     def describe_shape(self) -> str:
         dims = ["batch", *("?" if d < 0 else str(d) for d in self.shape[1:])]
@@ -74,6 +81,11 @@ def _shape_text(shape: Sequence[int]) -> str:
 
 def check_shape(shape: Sequence[int], spec: TensorSpec, model: str, max_rows: int) -> int:
     """Validate a request's shape against ``spec``; return its rows."""
+    rows = shape[0] if shape else 0
+    if spec.fixed_tail is not None and shape[1:] == spec.fixed_tail and rows > 0:
+        if max_rows and rows > max_rows:
+            _too_many_rows(spec, model, rows, max_rows)
+        return rows
     if len(shape) != len(spec.shape) or any(
         want >= 0 and got != want for got, want in zip(shape[1:], spec.shape[1:], strict=True)
     ):
@@ -92,11 +104,15 @@ def check_shape(shape: Sequence[int], spec: TensorSpec, model: str, max_rows: in
             "send at least one row"
         )
     if max_rows and rows > max_rows:
-        raise InvalidInputError(
-            f"input '{spec.name}' has {rows} rows; {model} accepts at most {max_rows} "
-            "(max_batch_size) per request"
-        )
+        _too_many_rows(spec, model, rows, max_rows)
     return rows
+
+
+def _too_many_rows(spec: TensorSpec, model: str, rows: int, max_rows: int) -> None:
+    raise InvalidInputError(
+        f"input '{spec.name}' has {rows} rows; {model} accepts at most {max_rows} "
+        "(max_batch_size) per request"
+    )
 
 
 def check_finite(array: np.ndarray, spec: TensorSpec, model: str) -> None:

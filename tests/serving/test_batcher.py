@@ -24,6 +24,8 @@ class RecordingMetrics:
         self.dropped_reasons: list[str] = []
         self.rejections = 0
         self.batch_rows: list[int] = []
+        self.inflight_now = 0
+        self.inflight_peak = 0
 
     def queue_wait(self, seconds: float) -> None:
         assert seconds >= 0
@@ -39,6 +41,11 @@ class RecordingMetrics:
 
     def dropped(self, reason: str) -> None:
         self.dropped_reasons.append(reason)
+
+    def inflight(self, delta: int) -> None:
+        self.inflight_now += delta
+        self.inflight_peak = max(self.inflight_peak, self.inflight_now)
+        assert self.inflight_now >= 0
 
 
 class FakeModel:
@@ -93,6 +100,7 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
             np.testing.assert_array_equal(doubled, rows(i, i + 0.5) * 2)
             np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
         assert (batcher.requests, batcher.rows, batcher.executions) == (10, 20, 1)
+        assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
         await batcher.close()
 
     run(body)
@@ -226,6 +234,7 @@ def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
             await expired
         assert model.batches == [1, 1]
         assert sorted(metrics.dropped_reasons) == ["cancelled", "deadline"]
+        assert metrics.inflight_now == 0
         await batcher.close()
 
     run(body)
