@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from training.cli import main
 from training.result import TrainedModel
@@ -166,3 +167,13 @@ def test_cli_trains_on_fashion_mnist_files_and_exports_a_version(
         assert (version / name).is_file(), name
     assert (tmp_path / "repo" / "mlp" / "config.pbtxt").is_file()
     assert "exported mlp -> repo/mlp/1" in result.stdout
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_request_without_cuda_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["--model", "mlp", "--device", "cuda", "--out", str(tmp_path / "repo")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "CUDA is not available" in err, err
+    assert not (tmp_path / "repo").exists()
