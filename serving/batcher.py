@@ -194,6 +194,7 @@ class Batcher:
         queue.append(_Item(inputs, deadline, future))
         self._arrivals += 1
         self._admitted += 1
+        self._metrics.queue_depth(len(queue))
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
@@ -265,7 +266,6 @@ class Batcher:
         """Move live requests from the queue into ``items`` while they fit in ``limit``."""
         queue = self._queue
         now = perf_counter()
-        self._metrics.queue_depth(len(queue))  # requests waiting as this batch forms
         while queue:
             item = queue[0]
             if item.future.done():  # the caller cancelled (or gave up) while queued
@@ -296,6 +296,7 @@ class Batcher:
             rows += item.rows
             if rows >= limit:
                 break
+        self._metrics.queue_depth(len(queue))
         self._report_inflight()
         return rows
 
