@@ -219,6 +219,16 @@ class Batcher:
     # -- the owning task -------------------------------------------------------------
 
     async def _serve(self) -> None:
+        try:
+            await self._serve_queue()
+        except asyncio.CancelledError:
+            raise
+        except Exception as error:  # a bug here must not leave callers waiting forever
+            LOGGER.exception("event=batcher_failed batcher=%r", self.name)
+            self._closing = True
+            self._fail_queued(ModelUnavailableError(f"{self.name} failed: {error!r}"))
+
+    async def _serve_queue(self) -> None:
         loop = asyncio.get_running_loop()
         queue = self._queue
         while True:

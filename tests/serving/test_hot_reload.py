@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 import numpy as np
@@ -19,7 +20,7 @@ from serving_support import (
 
 from model_repository import layout
 from protos import predict_pb2
-from serving.client import Client
+from serving.client import Client, predict_request
 
 ROW = np.full((1, 1, 8, 8), 0.25, dtype=np.float32)
 
@@ -137,3 +138,37 @@ def test_removed_model_is_unloaded_and_then_not_found(watched):
     wait_for(gone, what="reg removed")
     assert "reg" not in [m.name for m in client.list_models()]
     assert client.predict("mlp", ROW).labels
+
+
+def test_removed_version_is_drained_before_unloading(watched):
+    """Callers hammer 'slow' while its directory disappears: admitted requests all finish.
+
+    Refusals at admission (queue full, unloading, gone) are fine; a request that was
+    admitted and then failed (CANCELLED, INTERNAL, ...) would be a lost one.
+    """
+    _, repository, client = watched
+    request = predict_request("slow", np.ones((1, 4), np.float32))
+    refused = {
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.NOT_FOUND,
+    }
+    codes: list[grpc.StatusCode] = []
+
+    def hammer() -> None:
+        while grpc.StatusCode.NOT_FOUND not in codes:
+            try:
+                client.stub.Predict(request, timeout=30)
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+                if error.code() == grpc.StatusCode.UNAVAILABLE:
+                    assert "unloading" in error.details() or "no ready version" in error.details()
+
+    with ThreadPoolExecutor(3) as pool:
+        workers = [pool.submit(hammer) for _ in range(3)]
+        wait_for(lambda: codes.count(grpc.StatusCode.OK) >= 3, what="slow serving")
+        shutil.rmtree(repository / "slow")
+        for worker in workers:
+            worker.result(timeout=60)
+    assert set(codes) <= {grpc.StatusCode.OK, *refused}, codes
