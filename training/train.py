@@ -201,7 +201,8 @@ def train_epoch(
     correct = torch.zeros((), device=x.device, dtype=torch.int64)
     for begin in range(0, n, batch_size):
         index = order[begin : begin + batch_size]
-        xb, yb = x[index], y[index]  # (b, ...), (b,) or (b, 1)
+        # index_select is several times faster than x[index] for row gathers on CPU.
+        xb, yb = x.index_select(0, index), y.index_select(0, index)  # (b, ...), (b,)/(b, 1)
         outputs = model(xb)
         loss = loss_fn(outputs, yb)
         optimizer.zero_grad()
