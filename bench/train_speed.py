@@ -195,6 +195,8 @@ def main() -> int:
         parser.error("--epochs and --batch-size must be >= 1, --workers >= 0")
     train_rows, test_rows = (6_000, 1_000) if args.quick else (60_000, 10_000)
     console = Console()
+    if not console.is_terminal:  # piped into a file or BENCHMARKS.md: no wrapping at 80
+        console = Console(width=120)
     console.print(
         f"torch {torch.__version__}, {torch.get_num_threads()} intra-op threads, "
         f"{train_rows:,} training images, batch {args.batch_size}, {args.epochs} epoch(s)"
