@@ -92,8 +92,11 @@ def parse_metrics(text: str, model: str) -> ServerSnapshot:
     )
 
 
-def scrape(url: str, model: str, timeout_seconds: float = 2.0) -> ServerSnapshot:
-    """GET ``url`` and parse it; MetricsUnavailable when unreachable or not Prometheus text."""
+def scrape(url: str, model: str, timeout_seconds: float = 10.0) -> ServerSnapshot:
+    """GET ``url`` and parse it; MetricsUnavailable when unreachable or not Prometheus text.
+
+    The timeout is generous: a server saturated by the load answers its metrics thread late.
+    """
     try:
         with urllib.request.urlopen(url, timeout=timeout_seconds) as response:
             text = response.read().decode("utf-8")
