@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
             "softmax/mlp on --dataset (default auto)."
         ),
     )
-    parser.add_argument("--model", required=True, choices=(*KINDS, "all"))
+    parser.add_argument(
+        "--model", required=True, choices=(*KINDS, "all"), help="one model, or all three"
+    )
     parser.add_argument(
         "--dataset",
         choices=datasets.DATASETS,
@@ -134,7 +136,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--hidden", type=int, nargs="+", default=[256], help="mlp hidden sizes (default: 256)"
     )
-    parser.add_argument("--activation", choices=ACTIVATIONS, default="relu", help="default: relu")
+    parser.add_argument(
+        "--activation",
+        choices=ACTIVATIONS,
+        default="relu",
+        help="mlp activation (default: relu); mlp weights are Xavier-uniform, biases zero; "
+        "linear/softmax weights N(0, 0.01^2) as in d2l",
+    )
     parser.add_argument("--dropout", type=float, default=0.0, help="mlp dropout (default: 0)")
     parser.add_argument("--seed", type=int, default=0, help="default: 0")
     parser.add_argument(
