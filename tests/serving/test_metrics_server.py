@@ -114,6 +114,26 @@ def test_counters_move_by_expected_amounts_for_known_traffic(server, client):
     assert value(after, "d2lserve_queue_depth", **mlp) == 0
 
 
+def test_stream_requests_are_counted_per_message(server):
+    mlp = {"model": "mlp", "version": "1"}
+    before = scrape(server.metrics_port)
+    requests = [kserve_request(MLP_ROW) for _ in range(3)]
+    requests.append(pb.ModelInferRequest(model_name="no-such-model"))
+    with grpc.insecure_channel(server.target) as channel:
+        stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
+        responses = list(stub.ModelStreamInfer(iter(requests), timeout=10))
+    # Responses may come back out of order (the error does not wait for the batch).
+    assert sorted(bool(r.error_message) for r in responses) == [False, False, False, True]
+
+    d = delta(before, scrape(server.metrics_port))
+    assert d("d2lserve_requests_total", **mlp, api="stream", code="OK") == 3
+    assert d("d2lserve_inferred_rows_total", **mlp) == 3
+    assert (
+        d("d2lserve_requests_total", model="_unknown", version="", api="stream", code="NOT_FOUND")
+        == 1
+    )
+
+
 def test_batch_size_histogram_shows_batches_above_one_under_concurrent_load(server, client):
     count = 48
     mlp = {"model": "mlp", "version": "1"}
