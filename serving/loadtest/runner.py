@@ -201,13 +201,14 @@ class _Run:
                 while self.inflight >= plan.max_inflight:
                     slot_freed.clear()
                     await slot_freed.wait()
-                delay = scheduled - time.perf_counter()
-                if delay > 0:
+                # Never send early: uvloop's timers have millisecond resolution and may wake
+                # before the schedule, which would make latencies look shorter than they are.
+                while (delay := scheduled - time.perf_counter()) > 0:
                     await asyncio.sleep(delay)
                 measured = scheduled >= self.measure_start
                 if measured:
                     self.issued_measured += 1
-                    lag.record(max(time.perf_counter() - scheduled, 0.0))
+                    lag.record(time.perf_counter() - scheduled)
                 task = loop.create_task(self.one(scheduled, measured))
                 tasks.add(task)
                 task.add_done_callback(release)

@@ -281,6 +281,20 @@ def test_open_loop_keeps_its_rate_and_times_requests_from_the_schedule(fake: Fak
     assert slow >= 25
 
 
+def test_open_loop_never_sends_before_the_schedule_on_uvloop(fake: FakeServer) -> None:
+    # uvloop's timers round to milliseconds and can wake early; a request sent early would
+    # be timed from its (later) schedule and look faster than the server answered it.
+    import uvloop
+
+    fake.behaviour.delay_seconds = 0.003
+    settings = settings_for(fake, rate_per_second=300.0, duration_seconds=1.0, seed=2)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        report = runner.run(run_loadtest(settings)).report
+    assert report.ok > 200
+    assert report.latency.min_ms >= 3.0
+    assert report.send_lag is not None and report.send_lag.min_ms >= 0.0
+
+
 def test_cli_writes_json_and_plot_and_exits_by_the_error_gate(
     fake: FakeServer, tmp_path: Path
 ) -> None:
