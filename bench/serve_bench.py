@@ -285,6 +285,24 @@ CASES = [
 ]
 
 
+def select_cases(only: str) -> list[Case]:
+    """The cases named in a comma-separated list (a name may itself hold a comma)."""
+    parts = [part.strip() for part in only.split(",")]
+    names = sorted(
+        ([part.strip() for part in case.name.split(",")] for case in CASES), key=len, reverse=True
+    )
+    wanted = set()
+    i = 0
+    while i < len(parts):  # the longest case name that starts here wins
+        name = next((n for n in names if parts[i : i + len(n)] == n), None)
+        if name is None:
+            i += 1
+            continue
+        wanted.add(", ".join(name))
+        i += len(name)
+    return [case for case in CASES if case.name in wanted]
+
+
 def run_case(case: Case, server: Server, args: argparse.Namespace, out_dir: Path) -> dict:
     report_path = out_dir / f"{case.name.replace(' ', '_')}.json"
     metrics = (
@@ -459,8 +477,9 @@ def main() -> int:
         args.server_core = args.client_core = None
     cases = CASES
     if args.only:
-        wanted = {name.strip() for name in args.only.split(",")}
-        cases = [case for case in CASES if case.name in wanted]
+        cases = select_cases(args.only)
+        if not cases:
+            parser.error(f"--only {args.only!r} names no case; cases: {[c.name for c in CASES]}")
 
     work = args.keep or Path(tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)

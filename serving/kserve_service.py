@@ -2,8 +2,9 @@
 
 Inputs are accepted as ``raw_input_contents`` or typed ``contents``; outputs always go
 back as ``raw_output_contents``. ``ModelStreamInfer`` reads requests while earlier ones
-are still running, so one stream keeps the batcher fed; responses come back in request
-order, a failed request as an ``error_message`` without closing the stream.
+are still running, so one stream keeps the batcher fed, and writes each response as soon
+as its batch finished (in completion order; the response carries the request's id), a
+failed request as an ``error_message`` without closing the stream.
 """
 
 from __future__ import annotations
@@ -93,19 +94,110 @@ def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadat
     )
 
 
+# Requests one stream may have admitted and not yet answered; past it the stream's reader
+# waits (gRPC flow control then holds the client back), so one client cannot queue
+# unbounded work or responses.
+MAX_STREAM_INFLIGHT = 256
+
+
+class _Stream:
+    """The state one ModelStreamInfer call shares between its reader and its writer.
+
+    Responses are queued in ``ready`` in the order batches finish; the writer sends them
+    as they come (requests carry their id, so the client matches them).
+    """
+
+    __slots__ = ("limit", "loop", "reading", "ready", "room", "running", "unanswered", "writer")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
+        self.loop = loop
+        self.limit = limit
+        self.ready: deque[pb.ModelStreamInferResponse] = deque()
+        self.running: set[asyncio.Future] = set()  # batcher futures, cancelled at the end
+        self.unanswered = 0  # admitted, response not yet written
+        self.reading = True
+        self.writer: asyncio.Future[None] | None = None  # the writer waits for a response
+        self.room: asyncio.Future[None] | None = None  # the reader waits for the window
+
+    def respond(self, response: pb.ModelStreamInferResponse) -> None:
+        self.ready.append(response)
+        writer = self.writer
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+
+    def stop_reading(self) -> None:
+        self.reading = False
+        writer = self.writer
+        if writer is not None and not writer.done():
+            writer.set_result(None)
+
+    def written(self) -> None:
+        self.unanswered -= 1
+        room = self.room
+        if room is not None and not room.done():
+            room.set_result(None)
+
+
 class _Pending:
-    """One stream request on its way: a future from the batcher, or an error already."""
+    """One stream request in the batcher; its response is made when its batch finishes."""
 
-    __slots__ = ("error", "future", "names", "request_id", "rows", "started", "version")
+    __slots__ = ("names", "request_id", "rows", "started", "stream", "version")
 
-    def __init__(self, started: float, request_id: str) -> None:
-        self.started = started
+    def __init__(
+        self,
+        stream: _Stream,
+        version: ModelVersion,
+        names: list[tuple[str, int, str]],
+        request_id: str,
+        rows: int,
+        started: float,
+    ) -> None:
+        self.stream = stream
+        self.version = version
+        self.names = names
         self.request_id = request_id
-        self.version: ModelVersion | None = None
-        self.future: asyncio.Future | None = None
-        self.error: ServingError | None = None
-        self.names: list[tuple[str, int, str]] = []
-        self.rows = 0
+        self.rows = rows
+        self.started = started
+
+    def finish(self, future: asyncio.Future) -> None:
+        """Done callback of the batcher future: queue the response (or error) to write."""
+        stream = self.stream
+        stream.running.discard(future)
+        version = self.version
+        code = "OK"
+        try:
+            if future.cancelled():  # the stream ended first; nobody to answer
+                code = "CANCELLED"
+                return
+            error = future.exception()
+            if error is None:
+                encoding = perf_counter()
+                response = infer_response(version, future.result(), self.names, self.request_id)
+                version.metrics.encode(perf_counter() - encoding)
+                stream.respond(pb.ModelStreamInferResponse(infer_response=response))
+            elif isinstance(error, ServingError):
+                code = status_code(error).name
+                stream.respond(_stream_error(str(error), self.request_id))
+            else:
+                raise error
+        except Exception as error:  # never lose a response: the writer counts on it
+            code = "INTERNAL"
+            LOGGER.error(
+                "event=stream_infer_failed model=%s error=%r",
+                version.description,
+                error,
+                exc_info=error,
+            )
+            stream.respond(_stream_error(f"{version.description}: {error}", self.request_id))
+        finally:
+            version.metrics.request_finished(STREAM, code, perf_counter() - self.started, self.rows)
+
+
+def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
+    """An error answer that still names the request it belongs to."""
+    return pb.ModelStreamInferResponse(
+        error_message=message, infer_response=pb.ModelInferResponse(id=request_id)
+    )
 
 
 class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
@@ -202,94 +294,66 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request_iterator: AsyncIterator[pb.ModelInferRequest],
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
-        pending: deque[_Pending] = deque()
         loop = asyncio.get_running_loop()
-        signal: list[asyncio.Future[None] | None] = [None]
-        finished = [False]
-
-        def wake() -> None:
-            waiter = signal[0]
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+        stream = _Stream(loop, MAX_STREAM_INFLIGHT)
 
         async def read() -> None:
             try:
                 async for request in request_iterator:
-                    pending.append(self._admit(request))
-                    wake()
+                    if stream.unanswered >= stream.limit:
+                        stream.room = loop.create_future()
+                        await stream.room
+                    stream.unanswered += 1
+                    self._admit(request, stream)
             finally:
-                finished[0] = True
-                wake()
+                stream.stop_reading()
 
         reader = asyncio.create_task(read())
+        ready = stream.ready
         try:
             while True:
-                if not pending:
-                    if finished[0]:
-                        break
-                    signal[0] = loop.create_future()
-                    await signal[0]
+                if ready:
+                    yield ready.popleft()
+                    stream.written()
                     continue
-                yield await self._finish(pending.popleft())
+                if not stream.reading and stream.unanswered == 0:
+                    break
+                stream.writer = loop.create_future()
+                await stream.writer
             await reader  # surfaces a read error
         finally:
             reader.cancel()
-            for entry in pending:
-                if entry.future is not None:
-                    entry.future.cancel()
+            for future in list(stream.running):
+                future.cancel()
 
-    def _admit(self, request: pb.ModelInferRequest) -> _Pending:
+    def _admit(self, request: pb.ModelInferRequest, stream: _Stream) -> None:
         """Resolve, validate and queue one stream request without waiting for it."""
-        entry = _Pending(perf_counter(), request.id)
+        started = perf_counter()
         try:
             version = self._repository.resolve(
                 request.model_name, parse_version(request.model_version)
             )
         except ServingError as error:
-            entry.error = error
             label = (
                 request.model_name
                 if self._repository.known_model(request.model_name)
                 else "_unknown"
             )
             self._repository.metrics.request_unresolved(STREAM, status_code(error).name, label)
-            return entry
-        entry.version = version
+            stream.respond(_stream_error(str(error), request.id))
+            return
+        rows = 0
         try:
-            entry.names = _requested_outputs(request, version)
+            names = _requested_outputs(request, version)
             array = decode_kserve(request, version.input, version.description, version.max_rows)
-            entry.rows = array.shape[0]
-            version.metrics.decode(perf_counter() - entry.started)
-            entry.future = version.batcher.submit(array, None)
+            rows = array.shape[0]
+            version.metrics.decode(perf_counter() - started)
+            future = version.batcher.submit(array, None)
         except ServingError as error:
-            entry.error = error
-        return entry
-
-    async def _finish(self, entry: _Pending) -> pb.ModelStreamInferResponse:
-        version = entry.version
-        if version is None:  # never resolved; already counted
-            return pb.ModelStreamInferResponse(error_message=str(entry.error))
-        code = "OK"
-        try:
-            if entry.error is not None:
-                raise entry.error
-            assert entry.future is not None
-            outputs = await entry.future
-            encoding = perf_counter()
-            response = infer_response(version, outputs, entry.names, entry.request_id)
-            version.metrics.encode(perf_counter() - encoding)
-            return pb.ModelStreamInferResponse(infer_response=response)
-        except ServingError as error:
-            code = status_code(error).name
-            return pb.ModelStreamInferResponse(error_message=str(error))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as error:
-            code = "INTERNAL"
-            LOGGER.exception("event=stream_infer_failed model=%s", version.description)
-            return pb.ModelStreamInferResponse(error_message=f"{version.description}: {error}")
-        finally:
             version.metrics.request_finished(
-                STREAM, code, perf_counter() - entry.started, entry.rows
+                STREAM, status_code(error).name, perf_counter() - started, rows
             )
+            stream.respond(_stream_error(str(error), request.id))
+            return
+        stream.running.add(future)
+        future.add_done_callback(_Pending(stream, version, names, request.id, rows, started).finish)

@@ -85,20 +85,25 @@ def test_model_infer_returns_only_the_requested_outputs(server):
     assert len(response.raw_output_contents) == 1
 
 
-def test_stream_answers_in_order_and_reports_a_bad_request_without_closing(
+def test_stream_answers_every_request_by_id_and_reports_a_bad_one_without_closing(
     server, model_repository
 ):
     arrays = [images(1, seed=s) for s in range(6)]
     requests = [infer_request(a) for a in arrays]
     requests.insert(3, infer_request(np.zeros((1, 3), np.float32)))
+    for number, request in enumerate(requests):
+        request.id = f"req-{number}"
     with grpc.insecure_channel(server.target) as channel:
         stub = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         responses = list(stub.ModelStreamInfer(iter(requests), timeout=20))
-    assert len(responses) == 7
-    assert "has shape [1, 3]" in responses[3].error_message
-    good = [r for i, r in enumerate(responses) if i != 3]
+    # Responses come back as their batches finish; each carries its request's id.
+    by_id = {r.infer_response.id: r for r in responses}
+    assert len(responses) == 7 and sorted(by_id) == sorted(r.id for r in requests)
+    assert "has shape [1, 3]" in by_id["req-3"].error_message
+    good = [by_id[r.id] for i, r in enumerate(requests) if i != 3]
     for array, response in zip(arrays, good, strict=True):
         assert not response.error_message
+        assert response.infer_response.model_name == "mlp"
         index = [o.name for o in response.infer_response.outputs].index("probabilities")
         got = np.frombuffer(response.infer_response.raw_output_contents[index], np.float32)
         expected = reference(model_repository, "mlp", array)["probabilities"]
