@@ -171,14 +171,24 @@ def test_queue_full_rejections_are_counted(server, client):
 
 
 def expire_one_while_queued(server, client: Client) -> Callable[..., float]:
-    """Queue a 30 ms-deadline request behind a ~60 ms 'slow' execution; returns the deltas."""
+    """Queue a 30 ms-deadline request behind two 'slow' executions; returns the deltas.
+
+    One busy execution (~40 ms here) is not enough: the deadline (sleep + 30 ms) and the
+    end of that execution race. The second busy request has max_batch_size rows, so it
+    runs alone, after the first, and the short request waits at least one whole
+    execution in the queue after its deadline, whatever the machine's speed.
+    """
     before = scrape(server.metrics_port)
-    busy = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
+    first = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
     time.sleep(0.01)
+    full = np.ones((4, 4), np.float32)  # the slow model's max_batch_size
+    second = client.stub.Predict.future(predict_request("slow", full), timeout=30)
+    time.sleep(0.005)
     with pytest.raises(grpc.RpcError) as caught:
         client.predict("slow", SLOW_ROW, timeout=0.03)
     assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    busy.result()
+    first.result()
+    second.result()
     # The batcher skips the expired entry when it reaches it: allow it that moment.
     ends = time.monotonic() + 5
     while True:
@@ -201,7 +211,7 @@ def test_requests_expiring_in_the_queue_are_counted_as_dropped(server, client):
         if drops_of(d):
             break
     assert drops_of(d) == 1
-    assert d("d2lserve_executions_total", model="slow", version="1") == 1  # only the busy one
+    assert d("d2lserve_executions_total", model="slow", version="1") == 2  # only the busy ones
 
 
 def test_model_and_process_metrics_are_exported(server):
