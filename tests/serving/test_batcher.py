@@ -282,6 +282,21 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
     run(body)
 
 
+def test_close_stops_the_worker_threads_of_every_instance() -> None:
+    async def body() -> None:
+        before = {t.ident for t in threading.enumerate()}
+        batcher, _, _ = make(BatchingPolicy(max_batch_size=2, instances=3))
+        await batcher.submit(rows(1))
+        workers = [t for t in threading.enumerate() if t.ident not in before]
+        assert len(workers) == 3 and all(t.name.startswith("infer-") for t in workers)
+        await batcher.close()
+        for worker in workers:  # an unloaded version must not leave threads behind
+            await asyncio.to_thread(worker.join, 5)
+            assert not worker.is_alive()
+
+    run(body)
+
+
 def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -> None:
     async def body() -> None:
         calls = []
