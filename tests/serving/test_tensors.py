@@ -8,7 +8,7 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
 from serving.errors import InvalidInputError
-from serving.tensors import TensorSpec, decode_kserve, decode_predict, top_k_rows
+from serving.tensors import TensorSpec, add_top_k, decode_kserve, decode_predict
 
 IMAGE = TensorSpec("input", np.dtype("<f4"), (-1, 1, 8, 8))
 MODEL = "model 'mlp' v1"
@@ -131,11 +131,30 @@ def test_kserve_with_two_raw_buffers_is_refused() -> None:
         decode_kserve(request, IMAGE, MODEL, 64)
 
 
+def top_k(probabilities: np.ndarray, k: int, labels: tuple[str, ...]):
+    response = predict_pb2.PredictResponse()
+    add_top_k(response.top_k, probabilities, k, labels)
+    return response.top_k
+
+
 def test_top_k_rows_are_best_first_with_labels() -> None:
     probabilities = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
     labels = ("a", "b", "c")
-    top1 = top_k_rows(probabilities, 1, labels)
+    top1 = top_k(probabilities, 1, labels)
     assert [[c.label for c in row.classes] for row in top1] == [["b"], ["a"]]
-    top2 = top_k_rows(probabilities, 2, labels)
+    top2 = top_k(probabilities, 2, labels)
     assert [[c.index for c in row.classes] for row in top2] == [[1, 2], [0, 2]]
     assert top2[0].classes[0].score == pytest.approx(0.7)
+
+
+@pytest.mark.parametrize("k", [1, 3, 10])
+def test_top_k_matches_a_full_sort_for_every_row(k: int) -> None:
+    probabilities = np.random.default_rng(k).random((64, 10), dtype=np.float32)
+    labels = tuple(f"class-{i}" for i in range(10))
+    rows = top_k(probabilities, k, labels)
+    assert len(rows) == 64
+    for row, expected in zip(rows, probabilities, strict=True):
+        best = np.argsort(-expected, kind="stable")[:k].tolist()
+        assert [c.index for c in row.classes] == best
+        assert [c.label for c in row.classes] == [labels[i] for i in best]
+        assert [c.score for c in row.classes] == expected[best].tolist()
