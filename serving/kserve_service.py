@@ -65,27 +65,27 @@ def _requested_outputs(
     return chosen
 
 
-def infer_response(
+def fill_infer_response(
+    response: pb.ModelInferResponse,
     version: ModelVersion,
     outputs: list[np.ndarray],
     chosen: list[tuple[str, int, str]],
     request_id: str,
-) -> pb.ModelInferResponse:
-    tensors = []
-    raw = []
+) -> None:
+    """Write the outputs into ``response`` in place.
+
+    A stream's response embeds its ModelInferResponse: filling it there avoids building
+    one and copying it in.
+    """
+    response.model_name = version.name
+    response.model_version = str(version.version)
+    response.id = request_id
+    tensors = response.outputs
+    raw = response.raw_output_contents
     for name, index, datatype in chosen:
         array = outputs[index]
-        tensors.append(
-            pb.ModelInferResponse.InferOutputTensor(name=name, datatype=datatype, shape=array.shape)
-        )
+        tensors.add(name=name, datatype=datatype, shape=array.shape)
         raw.append(array.tobytes())
-    return pb.ModelInferResponse(
-        model_name=version.name,
-        model_version=str(version.version),
-        id=request_id,
-        outputs=tensors,
-        raw_output_contents=raw,
-    )
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -172,9 +172,12 @@ class _Pending:
             error = future.exception()
             if error is None:
                 encoding = perf_counter()
-                response = infer_response(version, future.result(), self.names, self.request_id)
+                response = pb.ModelStreamInferResponse()
+                fill_infer_response(
+                    response.infer_response, version, future.result(), self.names, self.request_id
+                )
                 version.metrics.encode(perf_counter() - encoding)
-                stream.respond(pb.ModelStreamInferResponse(infer_response=response))
+                stream.respond(response)
             elif isinstance(error, ServingError):
                 code = status_code(error).name
                 stream.respond(_stream_error(str(error), self.request_id))
@@ -272,7 +275,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             deadline = None if remaining is None else decoded + remaining
             outputs = await version.batcher.submit(array, deadline)
             encoding = perf_counter()
-            response = infer_response(version, outputs, names, request.id)
+            response = pb.ModelInferResponse()
+            fill_infer_response(response, version, outputs, names, request.id)
             metrics.encode(perf_counter() - encoding)
             return response
         except ServingError as error:
