@@ -21,10 +21,11 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
+from serving.batcher import Outputs
 from serving.errors import InvalidInputError, ServingError, status_code
-from serving.predict_service import abort_unresolved
 from serving.repository import PLATFORM, READY, ModelVersion, Repository
 from serving.tensors import TensorSpec, decode_kserve
+from serving.unary import abort_unresolved, infer_unary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -262,36 +263,18 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             )
         except ServingError as error:
             await abort_unresolved(self._repository, UNARY, request.model_name, error, context)
-        metrics = version.metrics
-        code = "OK"
-        rows = 0
-        try:
+
+        def prepare() -> tuple[np.ndarray, list[tuple[str, int, str]]]:
             names = _requested_outputs(request, version)
             array = decode_kserve(request, version.input, version.description, version.max_rows)
-            rows = array.shape[0]
-            decoded = perf_counter()
-            metrics.decode(decoded - started)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else decoded + remaining
-            outputs = await version.batcher.submit(array, deadline)
-            encoding = perf_counter()
+            return array, names
+
+        def respond(outputs: Outputs, names: list[tuple[str, int, str]]) -> pb.ModelInferResponse:
             response = pb.ModelInferResponse()
             fill_infer_response(response, version, outputs, names, request.id)
-            metrics.encode(perf_counter() - encoding)
             return response
-        except ServingError as error:
-            grpc_code = status_code(error)
-            code = grpc_code.name
-            await context.abort(grpc_code, str(error))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as error:
-            code = "INTERNAL"
-            LOGGER.exception("event=infer_failed model=%s", version.description)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
-        finally:
-            metrics.request_finished(UNARY, code, perf_counter() - started, rows)
+
+        return await infer_unary(UNARY, version, context, started, prepare, respond)
 
     async def ModelStreamInfer(
         self,

@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from time import perf_counter
 
 import grpc
+import numpy as np
 
 from model_repository import metadata as meta_keys
 from protos import predict_pb2, predict_pb2_grpc
-from serving.errors import InvalidInputError, ServingError, status_code
+from serving.errors import InvalidInputError, ServingError
 from serving.repository import PLATFORM, Model, ModelVersion, Repository
 from serving.tensors import (
     PREDICT_DTYPE_OF,
@@ -19,6 +19,7 @@ from serving.tensors import (
     decode_predict,
     predict_tensor,
 )
+from serving.unary import abort_unresolved, infer_unary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -40,41 +41,26 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
             version = self._repository.resolve(request.model, request.version)
         except ServingError as error:
             await abort_unresolved(self._repository, API, request.model, error, context)
-        metrics = version.metrics
-        code = "OK"
-        rows = 0
-        try:
+
+        def prepare() -> tuple[np.ndarray, int]:
             array = decode_predict(
                 request.input, version.input, version.description, version.max_rows
             )
-            rows = array.shape[0]
             top_k = request.top_k or 1
             if version.classifier and top_k > len(version.labels):
                 raise InvalidInputError(
                     f"top_k is {top_k}; {version.description} has {len(version.labels)} classes"
                 )
-            decoded = perf_counter()
-            metrics.decode(decoded - started)
-            remaining = context.time_remaining()
-            deadline = None if remaining is None else decoded + remaining
-            outputs = await version.batcher.submit(array, deadline)
-            encoding = perf_counter()
-            response = predict_response(version, outputs, top_k)
-            metrics.encode(perf_counter() - encoding)
-            return response
-        except ServingError as error:
-            grpc_code = status_code(error)
-            code = grpc_code.name
-            await context.abort(grpc_code, str(error))
-        except asyncio.CancelledError:
-            code = "CANCELLED"
-            raise
-        except Exception as error:
-            code = "INTERNAL"
-            LOGGER.exception("event=predict_failed model=%s", version.description)
-            await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
-        finally:
-            metrics.request_finished(API, code, perf_counter() - started, rows)
+            return array, top_k
+
+        return await infer_unary(
+            API,
+            version,
+            context,
+            started,
+            prepare,
+            lambda outputs, top_k: predict_response(version, outputs, top_k),
+        )
 
     async def ListModels(
         self, request: predict_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -174,17 +160,3 @@ def predict_response(
     return predict_pb2.PredictResponse(
         model=version.name, version=version.version, predictions=predict_tensor(predictions)
     )
-
-
-async def abort_unresolved(
-    repository: Repository,
-    api: str,
-    model: str,
-    error: ServingError,
-    context: grpc.aio.ServicerContext,
-) -> None:
-    """Count a request that never reached a version, then abort it with its status."""
-    code = status_code(error)
-    label = model if repository.known_model(model) else "_unknown"
-    repository.metrics.request_unresolved(api, code.name, label)
-    await context.abort(code, str(error))

@@ -1,0 +1,84 @@
+"""The life of one unary inference call, shared by Predict and KServe ModelInfer.
+
+Both APIs resolve a version, decode and validate the input, wait for the batcher, and
+encode the answer; only decoding and encoding differ. Timing, the status code of every
+outcome and the metrics accounting live here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from time import perf_counter
+from typing import TypeVar
+
+import grpc
+import numpy as np
+
+from serving.batcher import Outputs
+from serving.errors import ServingError, status_code
+from serving.repository import ModelVersion, Repository
+
+LOGGER = logging.getLogger(__name__)
+
+State = TypeVar("State")
+Response = TypeVar("Response")
+
+
+async def abort_unresolved(
+    repository: Repository,
+    api: str,
+    model: str,
+    error: ServingError,
+    context: grpc.aio.ServicerContext,
+) -> None:
+    """Count a request that never reached a version, then abort it with its status."""
+    code = status_code(error)
+    label = model if repository.known_model(model) else "_unknown"
+    repository.metrics.request_unresolved(api, code.name, label)
+    await context.abort(code, str(error))
+
+
+async def infer_unary(
+    api: str,
+    version: ModelVersion,
+    context: grpc.aio.ServicerContext,
+    started: float,
+    prepare: Callable[[], tuple[np.ndarray, State]],
+    respond: Callable[[Outputs, State], Response],
+) -> Response:
+    """Run one request on ``version`` and account for it, whatever its outcome.
+
+    ``prepare`` decodes and validates the request into (rows, state for ``respond``) and
+    raises a ServingError for bad input; ``respond`` builds the answer from the outputs.
+    """
+    metrics = version.metrics
+    code = "OK"
+    rows = 0
+    try:
+        array, state = prepare()
+        rows = array.shape[0]
+        decoded = perf_counter()
+        metrics.decode(decoded - started)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else decoded + remaining
+        outputs = await version.batcher.submit(array, deadline)
+        encoding = perf_counter()
+        response = respond(outputs, state)
+        metrics.encode(perf_counter() - encoding)
+        return response
+    except ServingError as error:
+        grpc_code = status_code(error)
+        code = grpc_code.name
+        await context.abort(grpc_code, str(error))
+    except asyncio.CancelledError:
+        code = "CANCELLED"
+        raise
+    except Exception as error:
+        code = "INTERNAL"
+        LOGGER.exception("event=infer_failed api=%s model=%s", api, version.description)
+        await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
+    finally:
+        metrics.request_finished(api, code, perf_counter() - started, rows)
+    raise AssertionError("unreachable: context.abort raises")  # pragma: no cover
