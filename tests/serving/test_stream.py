@@ -126,7 +126,9 @@ def test_a_fast_response_is_not_held_behind_a_slow_one_and_errors_keep_their_id(
         )
         responses = inference.ModelStreamInfer(requests, None)  # type: ignore[arg-type]
         first = [await anext(responses) for _ in range(4)]
-        assert slow.calls == 1 and not slow.release.is_set()  # s1 is still running
+        # s1 is still held in its worker thread (which may not have started it yet)
+        await wait_for(lambda: slow.calls == 1)
+        assert not slow.release.is_set()
         by_id = {r.infer_response.id: r for r in first}
         assert sorted(by_id) == ["bad", "f1", "f2", "unknown"]
         assert "has shape [1, 3]" in by_id["bad"].error_message
