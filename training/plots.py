@@ -13,6 +13,7 @@ from pathlib import Path
 import matplotlib
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 matplotlib.use("Agg")  # no display; Figure objects below never touch pyplot's global state
 
@@ -36,6 +37,7 @@ def training_curves(history: Sequence[dict[str, float]], title: str, path: Path)
         if history and key in history[0]:
             axes.plot(epochs, [entry[key] for entry in history], style, label=label)
     axes.set_xlabel("epoch")
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
     axes.set_xlim(0.5, max(epochs, default=1) + 0.5)
     axes.set_title(title)
     axes.grid(True)
