@@ -15,7 +15,7 @@ from model_repository import layout
 from model_repository import metadata as meta
 from protos import grpc_service_pb2, predict_pb2
 from serving.loadtest.errors import InputError
-from serving.loadtest.inputs import KSERVE_DTYPES, PREDICT_DTYPES
+from serving.tensors import KSERVE_DTYPES, PREDICT_DTYPE_OF, array_from_predict
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -40,8 +40,7 @@ def decode_response(api: str, raw: bytes) -> tuple[int, dict[str, np.ndarray]]:
             (meta.PREDICTION_NAME, response.predictions),
         ):
             if tensor.shape:
-                dtype = np.dtype(PREDICT_DTYPES[tensor.dtype]).newbyteorder("<")
-                outputs[name] = np.frombuffer(tensor.data, dtype=dtype).reshape(tuple(tensor.shape))
+                outputs[name] = array_from_predict(tensor)
         return int(response.version), outputs
     if api == "stream":
         infer = grpc_service_pb2.ModelStreamInferResponse.FromString(raw).infer_response
@@ -49,9 +48,9 @@ def decode_response(api: str, raw: bytes) -> tuple[int, dict[str, np.ndarray]]:
         infer = grpc_service_pb2.ModelInferResponse.FromString(raw)
     outputs = {}
     for position, tensor in enumerate(infer.outputs):
-        if position >= len(infer.raw_output_contents) or tensor.datatype not in KSERVE_DTYPES:
+        dtype = KSERVE_DTYPES.get(tensor.datatype)
+        if position >= len(infer.raw_output_contents) or dtype not in PREDICT_DTYPE_OF:
             continue
-        dtype = np.dtype(KSERVE_DTYPES[tensor.datatype]).newbyteorder("<")
         data = infer.raw_output_contents[position]
         outputs[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.shape))
     version = int(infer.model_version) if infer.model_version.isdigit() else 0

@@ -14,23 +14,10 @@ import numpy as np
 from model_repository import metadata as meta
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.loadtest.errors import InputError, TargetError
+from serving.tensors import KSERVE_DTYPES, PREDICT_DTYPE_OF, PREDICT_DTYPES
 
 LOGGER = logging.getLogger(__name__)
 
-PREDICT_DTYPES = {
-    predict_pb2.FLOAT32: "float32",
-    predict_pb2.FLOAT64: "float64",
-    predict_pb2.INT32: "int32",
-    predict_pb2.INT64: "int64",
-    predict_pb2.UINT8: "uint8",
-}
-KSERVE_DTYPES = {
-    "FP32": "float32",
-    "FP64": "float64",
-    "INT32": "int32",
-    "INT64": "int64",
-    "UINT8": "uint8",
-}
 FASHION_MNIST_TEST_IMAGES = "t10k-images-idx3-ubyte"
 _IDX_IMAGES_MAGIC = 2051
 
@@ -91,7 +78,7 @@ async def fetch_signature(
         model=model,
         version=info.version,
         input_name=spec.name,
-        dtype=PREDICT_DTYPES[spec.dtype],
+        dtype=PREDICT_DTYPES[spec.dtype].name,
         sample_shape=_sample_shape(model, list(spec.shape)),
         input_range=input_range,
         task=info.task,
@@ -121,14 +108,14 @@ async def _fetch_kserve_signature(
     if not info.inputs:
         raise TargetError(f"model {model!r}: the server describes no input")
     spec = info.inputs[0]
-    if spec.datatype not in KSERVE_DTYPES:
+    if KSERVE_DTYPES.get(spec.datatype) not in PREDICT_DTYPE_OF:  # the Predict API's dtypes only
         raise TargetError(f"model {model!r}: input datatype {spec.datatype} is not supported")
     LOGGER.info("server has no GetModel; using KServe ModelMetadata (no input range known)")
     return ModelSignature(
         model=model,
         version=int(info.versions[-1]) if info.versions and info.versions[-1].isdigit() else 0,
         input_name=spec.name,
-        dtype=KSERVE_DTYPES[spec.datatype],
+        dtype=KSERVE_DTYPES[spec.datatype].name,
         sample_shape=_sample_shape(model, list(spec.shape)),
         input_range=None,
         task="",

@@ -10,22 +10,10 @@ from __future__ import annotations
 import numpy as np
 
 from protos import grpc_service_pb2, predict_pb2
+from serving import client
 from serving.loadtest.inputs import ModelSignature
+from serving.tensors import KSERVE_DTYPE_OF
 
-_PREDICT_DTYPE = {
-    "float32": predict_pb2.FLOAT32,
-    "float64": predict_pb2.FLOAT64,
-    "int32": predict_pb2.INT32,
-    "int64": predict_pb2.INT64,
-    "uint8": predict_pb2.UINT8,
-}
-_KSERVE_DATATYPE = {
-    "float32": "FP32",
-    "float64": "FP64",
-    "int32": "INT32",
-    "int64": "INT64",
-    "uint8": "UINT8",
-}
 # Tag of ModelInferRequest.id (field 3, length-delimited): (3 << 3) | 2.
 _REQUEST_ID_TAG = b"\x1a"
 
@@ -47,16 +35,8 @@ def predict_request(
     signature: ModelSignature, batch: np.ndarray, version: int, top_k: int
 ) -> bytes:
     """A serialized PredictRequest carrying ``batch`` [rows, *sample_shape]."""
-    array = np.ascontiguousarray(batch, dtype=np.dtype(signature.dtype).newbyteorder("<"))
-    request = predict_pb2.PredictRequest(
-        model=signature.model,
-        version=version,
-        input=predict_pb2.Tensor(
-            shape=list(array.shape), dtype=_PREDICT_DTYPE[signature.dtype], data=array.tobytes()
-        ),
-        top_k=top_k,
-    )
-    return request.SerializeToString()
+    array = np.asarray(batch, dtype=signature.dtype)
+    return client.predict_request(signature.model, array, top_k, version).SerializeToString()
 
 
 def kserve_request(signature: ModelSignature, batch: np.ndarray, version: int) -> bytes:
@@ -68,7 +48,7 @@ def kserve_request(signature: ModelSignature, batch: np.ndarray, version: int) -
         inputs=[
             grpc_service_pb2.ModelInferRequest.InferInputTensor(
                 name=signature.input_name,
-                datatype=_KSERVE_DATATYPE[signature.dtype],
+                datatype=KSERVE_DTYPE_OF[array.dtype],
                 shape=list(array.shape),
             )
         ],
