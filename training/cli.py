@@ -19,6 +19,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from model_repository import layout
+from model_repository import metadata as meta
 from training import data as datasets
 from training import plots
 from training.errors import ConfigError, TrainingError
@@ -304,17 +306,18 @@ def _print_regression(console: Console, trained: TrainedModel) -> None:
 
 def _write_plots(trained: TrainedModel, data: datasets.Dataset, folder: Path) -> dict[str, Path]:
     title = f"{trained.kind} on {data.info.name}"
-    artifacts = {"curves.png": plots.training_curves(trained.history, title, folder / "curves.png")}
-    if data.info.task == "classification":
+    curves = folder / layout.CURVES_FILENAME
+    artifacts = {layout.CURVES_FILENAME: plots.training_curves(trained.history, title, curves)}
+    if data.info.task == meta.TASK_CLASSIFICATION:
         images, labels = data.x_test[: plots.GALLERY_IMAGES], data.y_test[: plots.GALLERY_IMAGES]
         with torch.no_grad():
             predicted = trained.model(images).argmax(dim=1)
         names = data.info.labels
-        artifacts["predictions.png"] = plots.prediction_gallery(
+        artifacts[layout.PREDICTIONS_FILENAME] = plots.prediction_gallery(
             images,
             [names[i] for i in labels.tolist()],
             [names[i] for i in predicted.tolist()],
-            folder / "predictions.png",
+            folder / layout.PREDICTIONS_FILENAME,
         )
     return artifacts
 

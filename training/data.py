@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from model_repository import metadata as meta
 from training.errors import ConfigError, DataError
 from training.result import DatasetInfo
 
@@ -174,7 +175,7 @@ def synthetic(settings: SyntheticSettings) -> Dataset:
     x_holdout, y_holdout = draw(SYNTHETIC_HOLDOUT_ROWS)
     info = DatasetInfo(
         name=SYNTHETIC,
-        task="regression",
+        task=meta.TASK_REGRESSION,
         input_shape=(len(w),),
         feature_names=tuple(f"x{i}" for i in range(len(w))),
         input_layout="NF",
@@ -216,7 +217,7 @@ def csv_regression(path: Path, target: str) -> Dataset:
     raw_x = raw_x.float()
     info = DatasetInfo(
         name=CSV,
-        task="regression",
+        task=meta.TASK_REGRESSION,
         input_shape=(len(feature_index),),
         feature_names=tuple(header[i] for i in feature_index),
         feature_mean=tuple(float(v) for v in mean),
@@ -283,7 +284,7 @@ def digits() -> Dataset:
     train_idx, test_idx = torch.tensor(train_idx), torch.tensor(test_idx)
     info = DatasetInfo(
         name=DIGITS,
-        task="classification",
+        task=meta.TASK_CLASSIFICATION,
         input_shape=(1, 8, 8),
         labels=DIGIT_LABELS,
         input_range=(0.0, 1.0),
@@ -308,7 +309,7 @@ def fashion_mnist(data_dir: Path) -> Dataset:
         raise DataError(f"Fashion-MNIST in {data_dir} has an empty train or test file")
     info = DatasetInfo(
         name=FASHION_MNIST,
-        task="classification",
+        task=meta.TASK_CLASSIFICATION,
         input_shape=tuple(x_train.shape[1:]),
         labels=FASHION_LABELS,
         input_range=(0.0, 1.0),

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from model_repository import metadata as meta
 from training import models
 from training.data import Dataset
 from training.errors import ConfigError
@@ -159,7 +160,7 @@ def _epochs(
     on_epoch: Callable[[EpochStats], None] | None,
 ) -> list[dict[str, float]]:
     device = next(model.parameters()).device
-    classify = data.info.task == "classification"
+    classify = data.info.task == meta.TASK_CLASSIFICATION
     x_train, y_train = data.x_train.to(device), data.y_train.to(device)
     x_test, y_test = data.x_test.to(device), data.y_test.to(device)
     history: list[dict[str, float]] = []
@@ -290,7 +291,7 @@ def train(
 
     ``artifacts`` is left empty: plots are files, written by the caller.
     """
-    classify = data.info.task == "classification"
+    classify = data.info.task == meta.TASK_CLASSIFICATION
     if classify == (model_settings.kind == "linear"):
         raise ConfigError(
             f"model {model_settings.kind!r} cannot train on {data.info.name!r} data "
