@@ -10,7 +10,7 @@ import numpy as np
 
 from model_repository import metadata as meta_keys
 from protos import predict_pb2, predict_pb2_grpc
-from serving.errors import InvalidInputError, ServingError
+from serving.errors import InvalidInputError, ServingError, status_code
 from serving.repository import PLATFORM, Model, ModelVersion, Repository
 from serving.tensors import (
     PREDICT_DTYPE_OF,
@@ -73,22 +73,13 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
     async def GetModel(
         self, request: predict_pb2.GetModelRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.ModelInfo:
-        model = self._repository.models.get(request.name)
-        if model is None:
-            known = ", ".join(sorted(self._repository.models)) or "none"
-            await context.abort(
-                grpc.StatusCode.NOT_FOUND,
-                f"model '{request.name}' not found; available models: {known}",
+        try:
+            model = self._repository.model(request.name)
+            version = (
+                self._repository.version(request.name, request.version) if request.version else None
             )
-        version = None
-        if request.version:
-            version = model.versions.get(request.version)
-            if version is None:
-                await context.abort(
-                    grpc.StatusCode.NOT_FOUND,
-                    f"model '{request.name}' has no version {request.version}; "
-                    f"versions: {sorted(model.versions)}",
-                )
+        except ServingError as error:
+            await context.abort(status_code(error), str(error))
         return self._info(model, version)
 
     def _info(self, model: Model, version: ModelVersion | None) -> predict_pb2.ModelInfo:

@@ -270,22 +270,32 @@ class Repository:
 
     # -- request path ----------------------------------------------------------------
 
-    def resolve(self, name: str, version: int = 0) -> ModelVersion:
-        """The READY version a request goes to (``version`` 0: the default one)."""
+    def model(self, name: str) -> Model:
+        """The model called ``name``, whatever the state of its versions."""
         model = self.models.get(name)
         if model is None:
             known = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFoundError(f"model '{name}' not found; available models: {known}")
-        if version == 0:
-            chosen = model.default
-            if chosen is not None:
-                return chosen
-            raise ModelUnavailableError(f"model '{name}' has no ready version: {_states(model)}")
+        return model
+
+    def version(self, name: str, version: int) -> ModelVersion:
+        """Version ``version`` of ``name``, whatever its state."""
+        model = self.model(name)
         chosen = model.versions.get(version)
         if chosen is None:
             raise ModelNotFoundError(
                 f"model '{name}' has no version {version}; versions: {_states(model)}"
             )
+        return chosen
+
+    def resolve(self, name: str, version: int = 0) -> ModelVersion:
+        """The READY version a request goes to (``version`` 0: the default one)."""
+        if version == 0:
+            model = self.model(name)
+            if model.default is not None:
+                return model.default
+            raise ModelUnavailableError(f"model '{name}' has no ready version: {_states(model)}")
+        chosen = self.version(name, version)
         if chosen.state != READY:
             state = predict_pb2.VersionState.Name(chosen.state).lower()
             reason = f" ({chosen.reason})" if chosen.reason else ""
