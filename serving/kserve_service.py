@@ -25,7 +25,7 @@ from serving.batcher import Outputs
 from serving.errors import InvalidInputError, ServingError, status_code
 from serving.repository import PLATFORM, READY, ModelVersion, Repository
 from serving.tensors import TensorSpec, decode_kserve
-from serving.unary import abort_unresolved, infer_unary
+from serving.unary import abort_unresolved, count_unresolved, infer_unary
 
 LOGGER = logging.getLogger(__name__)
 
@@ -64,6 +64,15 @@ def _requested_outputs(
             )
         chosen.append(version.kserve_outputs[index])
     return chosen
+
+
+def decode_infer_request(
+    request: pb.ModelInferRequest, version: ModelVersion
+) -> tuple[np.ndarray, list[tuple[str, int, str]]]:
+    """The validated input rows of a ModelInferRequest and the outputs it asks for."""
+    names = _requested_outputs(request, version)
+    array = decode_kserve(request, version.input, version.description, version.max_rows)
+    return array, names
 
 
 def fill_infer_response(
@@ -108,10 +117,9 @@ class _Stream:
     as they come (requests carry their id, so the client matches them).
     """
 
-    __slots__ = ("limit", "loop", "reading", "ready", "room", "running", "unanswered", "writer")
+    __slots__ = ("limit", "reading", "ready", "room", "running", "unanswered", "writer")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, limit: int) -> None:
-        self.loop = loop
+    def __init__(self, limit: int) -> None:
         self.limit = limit
         self.ready: deque[pb.ModelStreamInferResponse] = deque()
         self.running: set[asyncio.Future] = set()  # batcher futures, cancelled at the end
@@ -264,17 +272,19 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             await abort_unresolved(self._repository, UNARY, request.model_name, error, context)
 
-        def prepare() -> tuple[np.ndarray, list[tuple[str, int, str]]]:
-            names = _requested_outputs(request, version)
-            array = decode_kserve(request, version.input, version.description, version.max_rows)
-            return array, names
-
         def respond(outputs: Outputs, names: list[tuple[str, int, str]]) -> pb.ModelInferResponse:
             response = pb.ModelInferResponse()
             fill_infer_response(response, version, outputs, names, request.id)
             return response
 
-        return await infer_unary(UNARY, version, context, started, prepare, respond)
+        return await infer_unary(
+            UNARY,
+            version,
+            context,
+            started,
+            lambda: decode_infer_request(request, version),
+            respond,
+        )
 
     async def ModelStreamInfer(
         self,
@@ -282,7 +292,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> AsyncIterator[pb.ModelStreamInferResponse]:
         loop = asyncio.get_running_loop()
-        stream = _Stream(loop, MAX_STREAM_INFLIGHT)
+        stream = _Stream(MAX_STREAM_INFLIGHT)
 
         async def read() -> None:
             try:
@@ -321,18 +331,12 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 request.model_name, parse_version(request.model_version)
             )
         except ServingError as error:
-            label = (
-                request.model_name
-                if self._repository.known_model(request.model_name)
-                else "_unknown"
-            )
-            self._repository.metrics.request_unresolved(STREAM, status_code(error).name, label)
+            count_unresolved(self._repository, STREAM, request.model_name, error)
             stream.respond(_stream_error(str(error), request.id))
             return
         rows = 0
         try:
-            names = _requested_outputs(request, version)
-            array = decode_kserve(request, version.input, version.description, version.max_rows)
+            array, names = decode_infer_request(request, version)
             rows = array.shape[0]
             version.metrics.decode(perf_counter() - started)
             future = version.batcher.submit(array, None)

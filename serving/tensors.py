@@ -200,16 +200,19 @@ def decode_kserve(
     return array
 
 
+# The InferTensorContents field that carries each datatype's typed values.
+_CONTENTS_FIELD = {
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "BOOL": "bool_contents",
+}
+
+
 def _typed_contents(contents: grpc_service_pb2.InferTensorContents, datatype: str) -> Sequence:
-    field = {
-        "FP32": contents.fp32_contents,
-        "FP64": contents.fp64_contents,
-        "INT32": contents.int_contents,
-        "INT64": contents.int64_contents,
-        "UINT8": contents.uint_contents,
-        "BOOL": contents.bool_contents,
-    }[datatype]
-    return field
+    return getattr(contents, _CONTENTS_FIELD[datatype])
 
 
 def predict_tensor(array: np.ndarray) -> predict_pb2.Tensor:

@@ -18,12 +18,26 @@ import numpy as np
 
 from serving.batcher import Outputs
 from serving.errors import ServingError, status_code
+from serving.metrics import UNKNOWN_MODEL
 from serving.repository import ModelVersion, Repository
 
 LOGGER = logging.getLogger(__name__)
 
 State = TypeVar("State")
 Response = TypeVar("Response")
+
+
+def count_unresolved(
+    repository: Repository, api: str, model: str, error: ServingError
+) -> grpc.StatusCode:
+    """Count a request that never reached a version; return the status it gets.
+
+    Unknown names share one label value, so callers cannot grow the label set.
+    """
+    code = status_code(error)
+    label = model if repository.known_model(model) else UNKNOWN_MODEL
+    repository.metrics.request_unresolved(api, code.name, label)
+    return code
 
 
 async def abort_unresolved(
@@ -34,10 +48,7 @@ async def abort_unresolved(
     context: grpc.aio.ServicerContext,
 ) -> None:
     """Count a request that never reached a version, then abort it with its status."""
-    code = status_code(error)
-    label = model if repository.known_model(model) else "_unknown"
-    repository.metrics.request_unresolved(api, code.name, label)
-    await context.abort(code, str(error))
+    await context.abort(count_unresolved(repository, api, model, error), str(error))
 
 
 async def infer_unary(
