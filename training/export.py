@@ -46,13 +46,13 @@ from model_repository import metadata as meta
 from model_repository.config import ConfigError, format_config, read_config
 from protos import model_config_pb2
 from training.errors import TrainingError
+from training.models import KINDS
 from training.publish import create_file_atomically, publish_version
 from training.result import TrainedModel
 from training.signature import PLATFORM, GraphSignature, config_mismatches, signature_from_onnx
 
 LOGGER = logging.getLogger(__name__)
 
-KINDS = ("linear", "softmax", "mlp")
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 _SAMPLE_ROWS = 4  # rows of the example input; > 1 so torch.export keeps batch symbolic
 _CHATTY_LOGGERS = ("onnxscript", "onnx_ir", "torch.onnx")

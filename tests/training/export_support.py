@@ -21,11 +21,11 @@ import torch
 from torch import nn
 
 from training import export
+from training.data import DIGIT_LABELS
 from training.export import ExportModule, export_trained_model
+from training.models import KINDS
 from training.result import DatasetInfo, TrainedModel
 
-KINDS = ("linear", "softmax", "mlp")
-DIGIT_LABELS = tuple(str(digit) for digit in range(10))
 FEATURE_MEAN = (5.0, -3.0)
 FEATURE_STD = (2.0, 0.5)
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(64))  # content only has to round-trip
