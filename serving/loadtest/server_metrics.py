@@ -13,9 +13,12 @@ from dataclasses import dataclass
 
 from prometheus_client.parser import text_string_to_metric_families
 
-REQUESTS_FAMILY = "d2lserve_requests"  # the parser drops the counter's "_total"
-REQUESTS_SAMPLE = "d2lserve_requests_total"
-BATCH_SIZE_FAMILY = "d2lserve_batch_size"
+from serving.metrics import NAMESPACE
+
+# The server's families (serving.metrics): requests_total and batch_size under its namespace.
+REQUESTS_FAMILY = f"{NAMESPACE}_requests"  # the parser drops the counter's "_total"
+REQUESTS_SAMPLE = f"{REQUESTS_FAMILY}_total"
+BATCH_SIZE_FAMILY = f"{NAMESPACE}_batch_size"
 PROCESS_CPU_FAMILY = "process_cpu_seconds"  # prometheus_client's process collector
 
 
