@@ -64,17 +64,14 @@ class Overrides:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        # Validate now, before any data is loaded, with the same rules as FitSettings.
-        FitSettings(
-            epochs=1 if self.epochs is None else self.epochs,
-            lr=1.0 if self.lr is None else self.lr,
-            batch_size=1 if self.batch_size is None else self.batch_size,
-            device=self.device,
-            seed=self.seed,
-        )
+        # Validate now, before any data is loaded, with the same rules as FitSettings; the
+        # placeholder defaults are valid, so only the user's values can fail.
+        self._over(Defaults(lr=1.0, batch_size=1, epochs=1))
 
     def resolve(self, kind: str, dataset: str) -> FitSettings:
-        default = DEFAULTS[(kind, dataset)]
+        return self._over(DEFAULTS[(kind, dataset)])
+
+    def _over(self, default: Defaults) -> FitSettings:
         return FitSettings(
             epochs=default.epochs if self.epochs is None else self.epochs,
             lr=default.lr if self.lr is None else self.lr,
