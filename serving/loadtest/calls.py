@@ -23,11 +23,11 @@ from serving.loadtest.payloads import (
     PREDICT_PATH,
     with_request_id,
 )
+from serving.metrics import STATUS_CODES
 
 LOGGER = logging.getLogger(__name__)
 
 Metadata = tuple[tuple[str, str], ...]
-_STATUS_NAMES = frozenset(code.name for code in grpc.StatusCode)
 _CODE_PREFIX = re.compile(r"^\s*\[?([A-Z_]+)\]?[:\s]")
 STREAM_ERROR = "STREAM_ERROR"  # an error response on a stream that names no status code
 _SWEEP_INTERVAL_SECONDS = 0.05
@@ -68,7 +68,7 @@ class UnaryCaller:
                 self._payloads[index], timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
-            raise CallFailed(error.code().name, error.details() or "") from None
+            raise _failure_of(error) from None
 
     async def close(self) -> None:
         """Nothing to release: unary calls end with their response."""
@@ -77,7 +77,7 @@ class UnaryCaller:
 def code_of_stream_error(message: str) -> str:
     """The status code an error message on a stream starts with, e.g. 'NOT_FOUND: ...'."""
     match = _CODE_PREFIX.match(message)
-    if match and match.group(1) in _STATUS_NAMES:
+    if match and match.group(1) in STATUS_CODES:
         return match.group(1)
     return STREAM_ERROR
 
