@@ -40,6 +40,7 @@ from serving.errors import (
     QueueFullError,
     SettingsError,
 )
+from serving.metrics import NOOP_VERSION_METRICS
 
 LOGGER = logging.getLogger(__name__)
 
@@ -57,28 +58,6 @@ class BatchMetrics(Protocol):
     def rejected_queue_full(self) -> None: ...
     def dropped(self, reason: str) -> None: ...
     def inflight(self, delta: int) -> None: ...
-
-
-class NullBatchMetrics:
-    """Reports nowhere (unit tests, --no-metrics)."""
-
-    def queue_wait(self, seconds: float) -> None:
-        pass
-
-    def execution(self, rows: int, seconds: float) -> None:
-        pass
-
-    def queue_depth(self, depth: int) -> None:
-        pass
-
-    def rejected_queue_full(self) -> None:
-        pass
-
-    def dropped(self, reason: str) -> None:
-        pass
-
-    def inflight(self, delta: int) -> None:
-        pass
 
 
 @dataclass(frozen=True)
@@ -143,7 +122,7 @@ class Batcher:
         self.policy = policy
         self.name = name  # "model 'mlp' v2", used in messages
         self._run_fn = run
-        self._metrics = metrics or NullBatchMetrics()
+        self._metrics: BatchMetrics = metrics or NOOP_VERSION_METRICS
         self._queue: deque[_Item] = deque()
         self._free = policy.instances
         # Batches to run (None: a worker's signal to stop); only ever as many as are free.
@@ -157,7 +136,6 @@ class Batcher:
         self._instance_freed: asyncio.Future[None] | None = None
         self._idle: asyncio.Event | None = None
         self._closing = False
-        self._arrivals = 0
         self._preferred = frozenset(policy.preferred_batch_sizes)
         self._delay = policy.max_queue_delay_microseconds / 1e6
         # In-flight requests (queued or executing): counted here with plain ints and
@@ -206,7 +184,6 @@ class Batcher:
             )
         future: asyncio.Future[Outputs] = self._loop.create_future()
         queue.append(_Item(inputs, deadline, future))
-        self._arrivals += 1
         self._admitted += 1
         self._metrics.queue_depth(len(queue))
         wakeup = self._wakeup
@@ -281,9 +258,9 @@ class Batcher:
                 continue
             if perf_counter() - started >= self._delay:
                 break
-            arrivals = self._arrivals
+            admitted = self._admitted
             await asyncio.sleep(0)
-            if self._arrivals == arrivals:
+            if self._admitted == admitted:
                 break  # nothing else is waiting: do not tax the callers we have
         return items, rows
 

@@ -167,25 +167,6 @@ class _Families:
         )
         self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
 
-    def per_version(self) -> tuple[Any, ...]:
-        """Families whose first two labels are (model, version)."""
-        return (
-            self.requests,
-            self.request_duration,
-            self.inferred_rows,
-            self.queue_duration,
-            self.compute_duration,
-            self.decode_duration,
-            self.encode_duration,
-            self.batch_size,
-            self.executions,
-            self.queue_depth,
-            self.inflight,
-            self.queue_rejections,
-            self.dropped,
-            self.model_state,
-        )
-
 
 class VersionMetrics:
     """Metrics of one (model, version), with label children resolved up front.
@@ -336,7 +317,8 @@ class _NoopVersionMetrics(VersionMetrics):
         return []
 
 
-_NOOP_VERSION = _NoopVersionMetrics()
+# Shared by --no-metrics and by components created without metrics (unit tests).
+NOOP_VERSION_METRICS = _NoopVersionMetrics()
 
 
 def default_registry() -> CollectorRegistry:
@@ -363,7 +345,7 @@ class ServingMetrics:
     def for_version(self, model: str, version: int) -> VersionMetrics:
         """The (cached) metrics of one model version; creates its label sets on first call."""
         if self._families is None:
-            return _NOOP_VERSION
+            return NOOP_VERSION_METRICS
         key = (model, version)
         metrics = self._versions.get(key)
         if metrics is None:
