@@ -43,7 +43,6 @@ FAILED = predict_pb2.FAILED
 UNLOADING = predict_pb2.UNLOADING
 PLATFORM = "onnxruntime_onnx"
 TASKS = (meta_keys.TASK_CLASSIFICATION, meta_keys.TASK_REGRESSION)
-_STATE_METRIC = {LOADING: "loading", READY: "ready", FAILED: "failed"}
 
 
 class LoadError(ServingError):
