@@ -49,7 +49,13 @@ from training.errors import TrainingError
 from training.models import KINDS
 from training.publish import create_file_atomically, publish_version
 from training.result import TrainedModel
-from training.signature import PLATFORM, GraphSignature, config_mismatches, signature_from_onnx
+from training.signature import (
+    PLATFORM,
+    GraphSignature,
+    config_mismatches,
+    output_names,
+    signature_from_onnx,
+)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -169,12 +175,6 @@ class ExportModule(nn.Module):
         return cls(model, classify, mean, std).eval()
 
 
-def _output_names(classify: bool) -> list[str]:
-    if classify:
-        return [meta.LOGITS_NAME, meta.PROBABILITIES_NAME]
-    return [meta.PREDICTION_NAME]
-
-
 def _validate(trained: TrainedModel, name: str) -> None:
     """Refuse inputs the exporter cannot turn into a correct graph, before any work."""
     info = trained.dataset
@@ -244,7 +244,7 @@ def to_onnx(wrapper: ExportModule, sample: torch.Tensor, opset: int) -> onnx.Mod
             wrapper,
             (sample,),
             input_names=[meta.INPUT_NAME],
-            output_names=_output_names(wrapper.classify),
+            output_names=list(output_names(wrapper.classify)),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=({0: torch.export.Dim("batch")},),

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import onnx
 
+from model_repository import metadata as meta
 from protos import model_config_pb2
 
 PLATFORM = "onnxruntime_onnx"
@@ -34,6 +35,13 @@ _ONNX_TO_TRITON = {
     onnx.TensorProto.STRING: model_config_pb2.TYPE_STRING,
     onnx.TensorProto.BFLOAT16: model_config_pb2.TYPE_BF16,
 }
+
+
+def output_names(classify: bool) -> tuple[str, ...]:
+    """The outputs every exported graph has: logits and probabilities, or a prediction."""
+    if classify:
+        return (meta.LOGITS_NAME, meta.PROBABILITIES_NAME)
+    return (meta.PREDICTION_NAME,)
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import ConfigError, read_config
 from protos import model_config_pb2
-from training.signature import config_mismatches, signature_from_onnx
+from training.signature import config_mismatches, output_names, signature_from_onnx
 
 _BATCH_ROWS = 3  # rows in the random batch; small, and not a size a graph would hardcode
 _PROBABILITY_TOLERANCE = 1e-4
@@ -125,11 +125,7 @@ def _run_random_batch(
         if not np.isfinite(outputs[entry.name]).all():
             raise VerifyError(f"output '{entry.name}' has NaN or Inf on valid inputs")
     task = props[meta.TASK]
-    wanted = (
-        {meta.LOGITS_NAME, meta.PROBABILITIES_NAME}
-        if task == meta.TASK_CLASSIFICATION
-        else {meta.PREDICTION_NAME}
-    )
+    wanted = set(output_names(task == meta.TASK_CLASSIFICATION))
     if set(outputs) != wanted:
         raise VerifyError(f"a {task} model must output {sorted(wanted)}; it has {sorted(outputs)}")
     if task == meta.TASK_CLASSIFICATION:
