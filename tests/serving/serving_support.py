@@ -295,3 +295,15 @@ class ServerProcess:
                 self.process.kill()
                 self.process.wait()
         return self.process.returncode
+
+
+def settle(calls: list[grpc.Future]) -> list[tuple[grpc.StatusCode, str]]:
+    """Wait for every call; (status code, details) of each, OK with "" for successes."""
+    outcomes = []
+    for call in calls:
+        try:
+            call.result()
+            outcomes.append((grpc.StatusCode.OK, ""))
+        except grpc.RpcError as error:
+            outcomes.append((error.code(), error.details() or ""))
+    return outcomes

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
+from serving_support import settle
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
@@ -45,14 +46,7 @@ def delta(before: Samples, after: Samples) -> Callable[..., float]:
 
 
 def codes_of(calls: list[grpc.Future]) -> list[grpc.StatusCode]:
-    codes = []
-    for call in calls:
-        try:
-            call.result()
-            codes.append(grpc.StatusCode.OK)
-        except grpc.RpcError as error:
-            codes.append(error.code())
-    return codes
+    return [code for code, _ in settle(calls)]
 
 
 @pytest.fixture(scope="module")

@@ -11,6 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 import numpy as np
 import pytest
+from serving_support import settle
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2
@@ -177,15 +178,11 @@ def test_full_queue_is_resource_exhausted(client):
     """'slow' has max_queue_size 2 and one instance: a burst overflows its queue."""
     request = predict_request("slow", SLOW_ROW)
     calls = [client.stub.Predict.future(request, timeout=30) for _ in range(12)]
-    codes = []
-    for call in calls:
-        try:
-            call.result()
-            codes.append(grpc.StatusCode.OK)
-        except grpc.RpcError as error:
-            codes.append(error.code())
-            if error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
-                assert "max_queue_size is 2" in error.details()
+    outcomes = settle(calls)
+    codes = [code for code, _ in outcomes]
+    for code, details in outcomes:
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            assert "max_queue_size is 2" in details
     assert grpc.StatusCode.RESOURCE_EXHAUSTED in codes
     assert grpc.StatusCode.OK in codes
     assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}
