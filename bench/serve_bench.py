@@ -116,6 +116,7 @@ async def null_server(port: int) -> None:
     import grpc
     from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
+    from model_repository import metadata as meta
     from protos import grpc_service_pb2, predict_pb2
 
     info = predict_pb2.ModelInfo(
@@ -125,7 +126,7 @@ async def null_server(port: int) -> None:
         inputs=[
             predict_pb2.TensorSpec(name="input", dtype=predict_pb2.FLOAT32, shape=[-1, 1, 28, 28])
         ],
-        metadata={"input_range": "[0.0, 1.0]"},
+        metadata={meta.INPUT_RANGE: "[0.0, 1.0]"},
     ).SerializeToString()
     answer = predict_pb2.PredictResponse(
         model="mlp",

@@ -21,6 +21,7 @@ import grpc
 import numpy as np
 import pytest
 
+from model_repository import metadata as meta
 from protos import grpc_service_pb2, predict_pb2
 from serving.loadtest import cli
 from serving.loadtest.session import run_loadtest
@@ -89,7 +90,7 @@ class FakeServer:
             inputs=[
                 predict_pb2.TensorSpec(name="input", dtype=predict_pb2.FLOAT32, shape=[-1, 1, 8, 8])
             ],
-            metadata={"input_range": "[0.0, 1.0]"},
+            metadata={meta.INPUT_RANGE: "[0.0, 1.0]"},
             batching=predict_pb2.BatchingSettings(max_batch_size=64),
         )
 
