@@ -144,7 +144,7 @@ def load(settings: DataSettings) -> Dataset:
     if settings.dataset == FASHION_MNIST:
         if not ensure_fashion_mnist(settings.data_dir, settings.download):
             raise DataError(
-                f"Fashion-MNIST not found in {settings.data_dir / 'FashionMNIST' / 'raw'} and "
+                f"Fashion-MNIST not found in {fashion_raw_dir(settings.data_dir)} and "
                 "it could not be downloaded; copy the four files "
                 f"({', '.join(FASHION_FILES)}, raw or .gz) there, or use --dataset digits"
             )
@@ -153,7 +153,7 @@ def load(settings: DataSettings) -> Dataset:
     if ensure_fashion_mnist(settings.data_dir, settings.download):
         return fashion_mnist(settings.data_dir)
     notice = (
-        f"Fashion-MNIST is not in {settings.data_dir / 'FashionMNIST' / 'raw'} and cannot be "
+        f"Fashion-MNIST is not in {fashion_raw_dir(settings.data_dir)} and cannot be "
         "downloaded; falling back to the embedded 8x8 digits data set"
     )
     LOGGER.info(notice)  # the caller shows Dataset.notices to the user
