@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 import yaml
+from deploy_support import REPO, module_source
 
-REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "docker-compose.gpu.yml"
 PYTHON_SERVICES = ("train", "server", "loadtest")
@@ -50,15 +50,6 @@ def python_module(command: list[str]) -> str | None:
     is_python = bool(command) and PurePosixPath(command[0]).name.startswith("python")
     if is_python and len(command) >= 3 and command[1] == "-m":
         return command[2]
-    return None
-
-
-def module_source(module: str) -> Path | None:
-    """The repo file ``python -m module`` runs (module.py or package/__main__.py), if any."""
-    path = REPO.joinpath(*module.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__main__.py"):
-        if candidate.is_file():
-            return candidate
     return None
 
 

@@ -8,13 +8,12 @@ drain, the non-root uid the image uses, Services selecting the pods, the HPA met
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from deploy_support import REPO, module_source
 
-REPO = Path(__file__).resolve().parents[2]
 K8S = REPO / "deploy" / "k8s"
 
 
@@ -44,14 +43,6 @@ def server(deployment) -> dict[str, Any]:
 
 def arg(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
-
-
-def module_source(module: str) -> Path | None:
-    path = REPO.joinpath(*module.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__main__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def test_kustomization_lists_every_manifest_in_the_folder():

@@ -12,12 +12,12 @@ import re
 import subprocess
 import tomllib
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 import yaml
+from deploy_support import REPO, module_source
 
-REPO = Path(__file__).resolve().parents[2]
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 DOCKER_STOP_TIMEOUT_SECONDS = 10  # `docker stop` / `docker run` default before SIGKILL
@@ -158,14 +158,6 @@ def dockerfile() -> Dockerfile:
 @pytest.fixture(scope="module")
 def final(dockerfile) -> Stage:
     return dockerfile.stages[-1]
-
-
-def module_source(module: str) -> Path | None:
-    path = REPO.joinpath(*module.split("."))
-    for candidate in (path.with_suffix(".py"), path / "__main__.py"):
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def context_copies(dockerfile: Dockerfile) -> list[tuple[str, str]]:
