@@ -11,13 +11,13 @@ import argparse
 import asyncio
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import NoReturn
 
 from rich.console import Console
 
+from serving.config import AUTH_TOKEN_ENV, DEFAULT_GRPC_PORT, token_from_environment
 from serving.loadtest.display import LiveProgress, render_report
 from serving.loadtest.errors import InputError, LoadTestError, SettingsError, TargetError
 from serving.loadtest.schedule import ARRIVALS
@@ -33,7 +33,7 @@ from serving.loadtest.settings import (
 )
 
 PROG = "python -m serving.loadtest"
-TOKEN_ENV = "D2LSERVE_AUTH_TOKEN"  # the same variable the server reads its token from
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_GRPC_PORT}"
 DEFAULT_DURATION_SECONDS = 10.0
 DEFAULT_CHECK_SAMPLES = 100
 EVENT_LOOPS = ("uvloop", "asyncio")
@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog=PROG, description="Load-test a d2lserve (or KServe v2) gRPC server.")
     target = parser.add_argument_group("target")
     target.add_argument(
-        "--target", default="127.0.0.1:8001", help="HOST:PORT (default 127.0.0.1:8001)"
+        "--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})"
     )
     target.add_argument(
         "--tls-ca", type=Path, help="PEM root certificates: use TLS (default plaintext)"
@@ -58,8 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
     target.add_argument("--tls-server-name", help="name to check in the server certificate")
     target.add_argument(
         "--token",
-        default=os.environ.get(TOKEN_ENV) or None,
-        help=f"bearer token (default ${TOKEN_ENV})",
+        default=token_from_environment(),  # the same variable the server reads its token from
+        help=f"bearer token (default ${AUTH_TOKEN_ENV})",
     )
     target.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default 10)")
 

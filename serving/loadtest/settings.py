@@ -6,12 +6,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.config import DEFAULT_METRICS_PORT
 from serving.loadtest.errors import SettingsError
 from serving.loadtest.schedule import ARRIVALS
+from serving.metrics import APIS
 
-APIS = ("predict", "kserve", "stream")
 INPUT_SOURCES = ("random", "digits", "fashion-mnist")
-DEFAULT_METRICS_PORT = 8002
 # Slack past the planned end before the hard bound cuts the run (drain of in-flight requests).
 _HARD_BOUND_SLACK_SECONDS = 5.0
 _REQUESTS_ONLY_BOUND_SECONDS = 600.0
