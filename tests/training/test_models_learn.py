@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from training import data
-from training.cli import DEFAULTS
+from training.cli import Overrides
 from training.errors import ConfigError
 from training.models import ModelSettings
 from training.train import FitSettings, train
@@ -18,9 +18,9 @@ def digits() -> data.Dataset:
     return data.digits()
 
 
-def digits_settings(kind: str, seed: int = 0) -> FitSettings:
-    default = DEFAULTS[(kind, "digits")]
-    return FitSettings(default.epochs, default.lr, default.batch_size, "cpu", seed)
+def cli_defaults(kind: str, dataset: str) -> FitSettings:
+    """The settings ``python -m training`` uses for this model and data set, on the CPU."""
+    return Overrides(device="cpu").resolve(kind, dataset)
 
 
 @pytest.mark.parametrize(("kind", "threshold"), [("softmax", 0.93), ("mlp", 0.95)])
@@ -28,7 +28,7 @@ def test_classifiers_reach_the_quality_targets_on_digits_in_both_impls(
     digits: data.Dataset, kind: str, threshold: float
 ) -> None:
     results = {
-        impl: train(ModelSettings(kind, impl), digits_settings(kind), digits)
+        impl: train(ModelSettings(kind, impl), cli_defaults(kind, "digits"), digits)
         for impl in ("concise", "scratch")
     }
     for impl, trained in results.items():
@@ -44,12 +44,7 @@ def test_classifiers_reach_the_quality_targets_on_digits_in_both_impls(
 @pytest.mark.parametrize("impl", ["concise", "scratch"])
 def test_linear_regression_recovers_w_and_b_within_001_like_lstsq(impl: str) -> None:
     synthetic = data.synthetic(data.SyntheticSettings())
-    default = DEFAULTS[("linear", "synthetic")]
-    trained = train(
-        ModelSettings("linear", impl),
-        FitSettings(default.epochs, default.lr, default.batch_size, "cpu"),
-        synthetic,
-    )
+    trained = train(ModelSettings("linear", impl), cli_defaults("linear", "synthetic"), synthetic)
     m = trained.metrics
     assert m["w_error_max"] < 0.01 and m["b_error"] < 0.01, m
     assert m["lstsq_w_error_max"] < 0.01 and m["lstsq_b_error"] < 0.01, m
@@ -65,12 +60,7 @@ def test_linear_on_a_csv_learns_standardized_features(tmp_path: Path) -> None:
     rows = "\n".join(f"{a},{b},{y}" for (a, b), y in zip(features, target, strict=True))
     path.write_text(f"a,b,y\n{rows}\n")
     table = data.csv_regression(path, "y")
-    default = DEFAULTS[("linear", "csv")]
-    trained = train(
-        ModelSettings("linear"),
-        FitSettings(default.epochs, default.lr, default.batch_size, "cpu"),
-        table,
-    )
+    trained = train(ModelSettings("linear"), cli_defaults("linear", "csv"), table)
     assert trained.metrics["train_loss"] < 1e-3, trained.metrics
     assert trained.metrics["lstsq_train_loss"] < 1e-8
     # The model maps standardized rows; standardizing the raw holdout reproduces the target.
