@@ -8,8 +8,8 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
 
+from serving.cli_args import OneLineParser
 from serving.config import (
     AUTH_TOKEN_ENV,
     DEFAULT_GRPC_PORT,
@@ -30,12 +30,6 @@ from serving.logs import configure_logging
 LOGGER = logging.getLogger("serving")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> NoReturn:
-        """One readable line and exit code 2, instead of argparse's usage block."""
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
 def _sizes(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(part) for part in text.split(",") if part.strip())
@@ -46,7 +40,9 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="python -m serving", description="gRPC inference server for ONNX models.")
+    p = OneLineParser(
+        prog="python -m serving", description="gRPC inference server for ONNX models."
+    )
     p.add_argument(
         "--model-repository", type=Path, required=True, help="model repository directory"
     )

@@ -11,22 +11,21 @@ answered. Kubernetes probes the same service natively (``grpc: {port: 8001}``).
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from serving.cli_args import EXIT_USAGE as EXIT_USAGE  # re-exported: the probe's exit codes
+from serving.cli_args import OneLineParser
 from serving.errors import SettingsError
 
 EXIT_SERVING = 0
 EXIT_NOT_SERVING = 1
-EXIT_USAGE = 2
 
 DEFAULT_TARGET = "127.0.0.1:8001"
 DEFAULT_TIMEOUT_SECONDS = 3.0
@@ -128,15 +127,8 @@ def format_result(settings: ProbeSettings, result: ProbeResult) -> str:
     return f"{line}: {result.detail}" if result.detail else line
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage block) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
-
-
 def parse_args(argv: list[str] | None = None) -> ProbeSettings:
-    parser = _Parser(
+    parser = OneLineParser(
         prog="python -m serving.healthcheck",
         description="Exit 0 when the gRPC health service answers SERVING, 1 otherwise.",
     )
