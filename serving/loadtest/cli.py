@@ -19,7 +19,7 @@ from rich.console import Console
 
 from serving.config import AUTH_TOKEN_ENV, DEFAULT_GRPC_PORT, token_from_environment
 from serving.loadtest.display import LiveProgress, render_report
-from serving.loadtest.errors import InputError, LoadTestError, SettingsError, TargetError
+from serving.loadtest.errors import InputError, LoadTestError, SettingsError
 from serving.loadtest.schedule import ARRIVALS
 from serving.loadtest.session import run_loadtest
 from serving.loadtest.settings import (
@@ -230,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
                 result = runner.run(run_loadtest(settings))
     except (SettingsError, InputError) as error:
         return _fail(2, error)
-    except (TargetError, LoadTestError) as error:
+    except LoadTestError as error:  # TargetError and any other expected failure
         return _fail(1, error)
     except KeyboardInterrupt:
         return _fail(130, "interrupted")
