@@ -12,7 +12,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -72,7 +72,11 @@ class FitResult:
     history: list[dict[str, float]]
     seconds: float
     device: torch.device
-    final: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def final(self) -> dict[str, float]:
+        """The last epoch's figures, without its epoch number and duration."""
+        return {k: v for k, v in self.history[-1].items() if k not in ("epoch", "seconds")}
 
 
 class ScratchSGD:
@@ -146,8 +150,7 @@ def fit(
     with cpu_threads_for(model, settings.batch_size):
         history = _epochs(model, loss_fn, optimizer, data, settings, generator, on_epoch)
     seconds = time.perf_counter() - start
-    final = {k: v for k, v in history[-1].items() if k not in ("epoch", "seconds")}
-    return FitResult(model=model, history=history, seconds=seconds, device=device, final=final)
+    return FitResult(model=model, history=history, seconds=seconds, device=device)
 
 
 def _epochs(
