@@ -13,10 +13,10 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import NoReturn
 
 from rich.console import Console
 
+from serving.cli_args import OneLineParser
 from serving.config import AUTH_TOKEN_ENV, DEFAULT_GRPC_PORT, token_from_environment
 from serving.loadtest.display import LiveProgress, render_report
 from serving.loadtest.errors import InputError, LoadTestError, SettingsError
@@ -39,15 +39,10 @@ DEFAULT_CHECK_SAMPLES = 100
 EVENT_LOOPS = ("uvloop", "asyncio")
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse that reports a bad argument in one line (no usage dump) and exits 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"{self.prog}: error: {message}\n")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog=PROG, description="Load-test a d2lserve (or KServe v2) gRPC server.")
+    parser = OneLineParser(
+        prog=PROG, description="Load-test a d2lserve (or KServe v2) gRPC server."
+    )
     target = parser.add_argument_group("target")
     target.add_argument(
         "--target", default=DEFAULT_TARGET, help=f"HOST:PORT (default {DEFAULT_TARGET})"
