@@ -132,7 +132,7 @@ def test_missing_config_and_model_file_and_empty_model_dir_are_each_reported(
     layout.config_path(repository, "linear").unlink()
     layout.model_path(repository, "mlp", 1).unlink()
     (repository / "empty").mkdir()
-    (repository / "softmax" / ".staging-abc").mkdir()  # ignored, like a server would
+    (repository / "softmax" / f"{layout.STAGING_PREFIX}abc").mkdir()  # ignored, like a server would
     findings = findings_by_path(repository)
     assert set(findings) == {
         layout.version_dir(repository, "linear", 1),
