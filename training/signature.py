@@ -8,6 +8,7 @@ the two can never disagree about what "consistent" means.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import onnx
@@ -124,6 +125,12 @@ def _compare_tensors(
     return problems
 
 
+def _declared(
+    entries: Iterable[model_config_pb2.ModelInput | model_config_pb2.ModelOutput],
+) -> list[TensorSpec]:
+    return [TensorSpec(entry.name, entry.data_type, tuple(entry.dims)) for entry in entries]
+
+
 def config_mismatches(
     config: model_config_pb2.ModelConfig, signature: GraphSignature, name: str
 ) -> list[str]:
@@ -151,14 +158,8 @@ def config_mismatches(
             "config max_batch_size is 0 but the graph has a dynamic batch dimension "
             "(set max_batch_size > 0 so dims exclude it)"
         )
-    declared_inputs = [
-        TensorSpec(entry.name, entry.data_type, tuple(entry.dims)) for entry in config.input
-    ]
-    declared_outputs = [
-        TensorSpec(entry.name, entry.data_type, tuple(entry.dims)) for entry in config.output
-    ]
-    problems += _compare_tensors("input", declared_inputs, signature.inputs)
-    problems += _compare_tensors("output", declared_outputs, signature.outputs)
+    problems += _compare_tensors("input", _declared(config.input), signature.inputs)
+    problems += _compare_tensors("output", _declared(config.output), signature.outputs)
     for entry in config.input:
         if entry.format != model_config_pb2.ModelInput.FORMAT_NONE and len(entry.dims) != 3:
             layout = model_config_pb2.ModelInput.Format.Name(entry.format)
