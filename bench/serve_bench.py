@@ -53,7 +53,6 @@ def build_repository(repository: Path, wide_hidden: int, seed: int = 0) -> None:
         input_shape=(1, 28, 28),
         labels=tuple(f"class-{i}" for i in range(10)),
         input_range=(0.0, 1.0),
-        input_layout="NCHW",
     )
     networks = {
         "mlp": nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10)),

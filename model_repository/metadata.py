@@ -7,13 +7,17 @@ KIND = "kind"  # "linear" | "softmax" | "mlp"
 TASK = "task"  # "classification" | "regression"
 LABELS = "labels"  # JSON list of class names in output order; "[]" for regression
 DATASET = "dataset"  # "fashion-mnist" | "digits" | "synthetic" | "csv"
-INPUT_LAYOUT = "input_layout"  # "NCHW" for images, "NF" (rows x features) for tables
+INPUT_LAYOUT = "input_layout"  # LAYOUT_NCHW for images, LAYOUT_NF (rows x features) for tables
 INPUT_RANGE = "input_range"  # JSON [low, high] of raw input values, or "null"
 FEATURE_NAMES = "feature_names"  # JSON list for tabular inputs, "[]" for images
 TRAINING_METRICS = "training_metrics"  # JSON object of final metrics
 LIBRARY_VERSIONS = "library_versions"  # JSON object: torch, onnx, onnxruntime, python
 CREATED_AT = "created_at"  # ISO 8601 UTC
 GIT_COMMIT = "git_commit"  # commit of the training code, "" when unknown
+
+LAYOUT_NCHW = "NCHW"
+LAYOUT_NF = "NF"
+LAYOUTS = (LAYOUT_NCHW, LAYOUT_NF)
 
 REQUIRED = (KIND, TASK, LABELS, DATASET, INPUT_LAYOUT, INPUT_RANGE, TRAINING_METRICS)
 

@@ -178,7 +178,7 @@ def synthetic(settings: SyntheticSettings) -> Dataset:
         task=meta.TASK_REGRESSION,
         input_shape=(len(w),),
         feature_names=tuple(f"x{i}" for i in range(len(w))),
-        input_layout="NF",
+        input_layout=meta.LAYOUT_NF,
     )
     return Dataset(
         info=info,
@@ -222,7 +222,7 @@ def csv_regression(path: Path, target: str) -> Dataset:
         feature_names=tuple(header[i] for i in feature_index),
         feature_mean=tuple(float(v) for v in mean),
         feature_std=tuple(float(v) for v in std),
-        input_layout="NF",
+        input_layout=meta.LAYOUT_NF,
     )
     # Small tables are tiled so the exporter always has >= 37 raw rows to check against.
     repeats = math.ceil(HOLDOUT_MIN_ROWS / len(raw_x))
@@ -288,7 +288,7 @@ def digits() -> Dataset:
         input_shape=(1, 8, 8),
         labels=DIGIT_LABELS,
         input_range=(0.0, 1.0),
-        input_layout="NCHW",
+        input_layout=meta.LAYOUT_NCHW,
     )
     return _images(info, images, labels, train_idx, test_idx)
 
@@ -313,7 +313,7 @@ def fashion_mnist(data_dir: Path) -> Dataset:
         input_shape=tuple(x_train.shape[1:]),
         labels=FASHION_LABELS,
         input_range=(0.0, 1.0),
-        input_layout="NCHW",
+        input_layout=meta.LAYOUT_NCHW,
     )
     images = torch.cat([x_train, x_test])
     labels = torch.cat([train.targets, test.targets]).to(torch.int64)

@@ -189,9 +189,9 @@ def _validate(trained: TrainedModel, name: str) -> None:
         raise ExportError(f"unknown task {info.task!r}; expected classification or regression")
     if info.task == meta.TASK_CLASSIFICATION and not info.labels:
         raise ExportError(f"classifier {trained.kind!r} has no class labels in its DatasetInfo")
-    if info.input_layout not in ("NCHW", "NF"):
+    if info.input_layout not in meta.LAYOUTS:
         raise ExportError(f"input_layout {info.input_layout!r} is not one of 'NCHW', 'NF'")
-    expected_rank = 3 if info.input_layout == "NCHW" else 1
+    expected_rank = 3 if info.input_layout == meta.LAYOUT_NCHW else 1
     if len(info.input_shape) != expected_rank or min(info.input_shape, default=0) < 1:
         raise ExportError(
             f"input_shape {info.input_shape} does not fit layout {info.input_layout} "
@@ -387,7 +387,7 @@ def build_config(
     )
     for spec in signature.inputs:
         entry = config.input.add(name=spec.name, data_type=spec.data_type, dims=spec.dims)
-        if layout_name == "NCHW":
+        if layout_name == meta.LAYOUT_NCHW:
             entry.format = model_config_pb2.ModelInput.FORMAT_NCHW
     for spec in signature.outputs:
         config.output.add(name=spec.name, data_type=spec.data_type, dims=spec.dims)

@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from model_repository import metadata as meta
+
 
 @dataclass(frozen=True)
 class DatasetInfo:
@@ -27,7 +29,7 @@ class DatasetInfo:
     feature_mean: tuple[float, ...] | None = None
     feature_std: tuple[float, ...] | None = None
     input_range: tuple[float, float] | None = None  # raw value range, (0.0, 1.0) for images
-    input_layout: str = "NCHW"  # "NCHW" for images, "NF" for rows x features
+    input_layout: str = meta.LAYOUT_NCHW  # LAYOUT_NCHW for images, LAYOUT_NF for tables
 
 
 @dataclass
