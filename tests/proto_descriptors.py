@@ -32,8 +32,11 @@ def describe(files: list[tuple[FileDescriptor, str]]) -> dict[str, Any]:
                     f.number,
                     f.type,
                     f.is_repeated,
-                    short((f.message_type or f.enum_type).full_name)
-                    if (f.message_type or f.enum_type)
+                    # relative to the package of the file that defines the type, so our
+                    # inference.ModelConfigResponse.config (a d2lserve.config.ModelConfig)
+                    # compares with Triton's (an inference.ModelConfig)
+                    short(t.full_name, t.file.package)
+                    if (t := f.message_type or f.enum_type)
                     else "",
                 ]
                 for f in d.fields
