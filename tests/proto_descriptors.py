@@ -9,53 +9,62 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from google.protobuf.descriptor import Descriptor, FileDescriptor
+from google.protobuf.descriptor import Descriptor, FieldDescriptor, FileDescriptor
+from google.protobuf.descriptor_pb2 import FieldDescriptorProto
 
 
-def describe(files: list[tuple[FileDescriptor, str]]) -> dict[str, Any]:
-    """Messages (field -> [number, type, repeated, type name]), enums and service methods.
+def _short(full_name: str, file: FileDescriptor) -> str:
+    return full_name.removeprefix(file.package + ".")
 
-    Names are relative to each file's package, so our d2lserve.config messages compare
+
+def _field(f: FieldDescriptor) -> dict[str, Any]:
+    """Everything about a field that the wire or a text-format config depends on."""
+    t = f.message_type or f.enum_type
+    return {
+        "number": f.number,
+        "type": FieldDescriptorProto.Type.Name(f.type),
+        "repeated": f.is_repeated,
+        "presence": f.has_presence,
+        # relative to the package of the file that defines the type, so our
+        # inference.ModelConfigResponse.config (a d2lserve.config.ModelConfig)
+        # compares with Triton's (an inference.ModelConfig)
+        "type_name": _short(t.full_name, t.file) if t else "",
+        "oneof": f.containing_oneof.name if f.containing_oneof else "",
+    }
+
+
+def describe(file: FileDescriptor) -> dict[str, Any]:
+    """One .proto file's messages (nested and map entries too), enums and RPCs.
+
+    Names are relative to the file's package, so our d2lserve.config messages compare
     with Triton's inference ones.
     """
-    messages: dict[str, dict[str, list]] = {}
+    messages: dict[str, dict[str, Any]] = {}
     enums: dict[str, dict[str, int]] = {}
     methods: dict[str, list] = {}
-    for file, package in files:
 
-        def short(name: str, package: str = package) -> str:
-            return name.removeprefix(package + ".")
+    def walk(d: Descriptor) -> None:
+        messages[_short(d.full_name, file)] = {
+            "map_entry": d.GetOptions().map_entry,
+            "fields": {f.name: _field(f) for f in d.fields},
+        }
+        for e in d.enum_types:
+            enums[_short(e.full_name, file)] = {v.name: v.number for v in e.values}
+        for nested in d.nested_types:
+            walk(nested)
 
-        def walk(d: Descriptor, short=short) -> None:
-            messages[short(d.full_name)] = {
-                f.name: [
-                    f.number,
-                    f.type,
-                    f.is_repeated,
-                    # relative to the package of the file that defines the type, so our
-                    # inference.ModelConfigResponse.config (a d2lserve.config.ModelConfig)
-                    # compares with Triton's (an inference.ModelConfig)
-                    short(t.full_name, t.file.package)
-                    if (t := f.message_type or f.enum_type)
-                    else "",
-                ]
-                for f in d.fields
-            }
-            for nested in d.nested_types:
-                walk(nested)
-
-        for d in file.message_types_by_name.values():
-            walk(d)
-        for e in file.enum_types_by_name.values():
-            enums[e.name] = {v.name: v.number for v in e.values}
-        for service in file.services_by_name.values():
-            for m in service.methods:
-                methods[f"{service.full_name}/{m.name}"] = [
-                    m.input_type.name,
-                    m.output_type.name,
-                    m.client_streaming,
-                    m.server_streaming,
-                ]
+    for d in file.message_types_by_name.values():
+        walk(d)
+    for e in file.enum_types_by_name.values():
+        enums[_short(e.full_name, file)] = {v.name: v.number for v in e.values}
+    for service in file.services_by_name.values():
+        for m in service.methods:
+            methods[f"{service.full_name}/{m.name}"] = [
+                _short(m.input_type.full_name, m.input_type.file),
+                _short(m.output_type.full_name, m.output_type.file),
+                m.client_streaming,
+                m.server_streaming,
+            ]
     return {"messages": messages, "enums": enums, "methods": methods}
 
 
@@ -65,8 +74,9 @@ if __name__ == "__main__":
 
     print(
         json.dumps(
-            describe(
-                [(triton_config.DESCRIPTOR, "inference"), (triton_service.DESCRIPTOR, "inference")]
-            )
+            {
+                "model_config": describe(triton_config.DESCRIPTOR),
+                "grpc_service": describe(triton_service.DESCRIPTOR),
+            }
         )
     )
