@@ -29,3 +29,10 @@ INPUT_NAME = "input"
 LOGITS_NAME = "logits"
 PROBABILITIES_NAME = "probabilities"
 PREDICTION_NAME = "prediction"
+
+
+def output_names(task: str) -> tuple[str, ...]:
+    """The outputs every graph our trainer exports has for ``task``."""
+    if task == TASK_CLASSIFICATION:
+        return (LOGITS_NAME, PROBABILITIES_NAME)
+    return (PREDICTION_NAME,)

@@ -15,6 +15,14 @@ class DataType(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INT32: _ClassVar[DataType]
     INT64: _ClassVar[DataType]
     UINT8: _ClassVar[DataType]
+    FLOAT16: _ClassVar[DataType]
+    BOOL: _ClassVar[DataType]
+    INT8: _ClassVar[DataType]
+    INT16: _ClassVar[DataType]
+    UINT16: _ClassVar[DataType]
+    UINT32: _ClassVar[DataType]
+    UINT64: _ClassVar[DataType]
+    BYTES: _ClassVar[DataType]
 
 class VersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -29,6 +37,14 @@ FLOAT64: DataType
 INT32: DataType
 INT64: DataType
 UINT8: DataType
+FLOAT16: DataType
+BOOL: DataType
+INT8: DataType
+INT16: DataType
+UINT16: DataType
+UINT32: DataType
+UINT64: DataType
+BYTES: DataType
 VERSION_STATE_UNSPECIFIED: VersionState
 LOADING: VersionState
 READY: VersionState
@@ -46,16 +62,27 @@ class Tensor(_message.Message):
     def __init__(self, shape: _Optional[_Iterable[int]] = ..., dtype: _Optional[_Union[DataType, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model", "version", "input", "top_k")
+    __slots__ = ("model", "version", "input", "top_k", "inputs", "outputs")
+    class InputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     input: Tensor
     top_k: int
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    inputs: _containers.MessageMap[str, Tensor]
+    outputs: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., input: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[int] = ..., inputs: _Optional[_Mapping[str, Tensor]] = ..., outputs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ClassScore(_message.Message):
     __slots__ = ("label", "index", "score")
@@ -74,18 +101,27 @@ class RowTopK(_message.Message):
     def __init__(self, classes: _Optional[_Iterable[_Union[ClassScore, _Mapping]]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model", "version", "probabilities", "top_k", "predictions")
+    __slots__ = ("model", "version", "probabilities", "top_k", "predictions", "outputs")
+    class OutputsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: Tensor
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
     MODEL_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     PREDICTIONS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     model: str
     version: int
     probabilities: Tensor
     top_k: _containers.RepeatedCompositeFieldContainer[RowTopK]
     predictions: Tensor
-    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[RowTopK, _Mapping]]] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    outputs: _containers.MessageMap[str, Tensor]
+    def __init__(self, model: _Optional[str] = ..., version: _Optional[int] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[RowTopK, _Mapping]]] = ..., predictions: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Mapping[str, Tensor]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

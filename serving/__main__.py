@@ -12,6 +12,7 @@ from pathlib import Path
 from serving.cli_args import OneLineParser
 from serving.config import (
     AUTH_TOKEN_ENV,
+    CONTROL_MODES,
     DEFAULT_GRPC_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_METRICS_PORT,
@@ -69,6 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         help="seconds between repository scans; 0 disables watching (default: %(default)s)",
+    )
+    p.add_argument(
+        "--model-control-mode",
+        choices=CONTROL_MODES,
+        default="poll",
+        help="poll: serve every model folder and follow changes; none: load once at start; "
+        "explicit: only --load-model and RepositoryModelLoad models (default: %(default)s)",
+    )
+    p.add_argument(
+        "--load-model",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="explicit mode: a model to load at start (repeatable)",
     )
     p.add_argument(
         "--grace-seconds",
@@ -139,6 +154,8 @@ def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
         metrics_port=args.metrics_port,
         metrics_enabled=not args.no_metrics,
         poll_interval_seconds=args.poll_interval,
+        model_control_mode=args.model_control_mode,
+        load_models=tuple(args.load_model),
         grace_seconds=args.grace_seconds,
         max_message_bytes=args.max_message_bytes,
         tls_cert=args.tls_cert,

@@ -3,7 +3,10 @@
 Policy (what the tests in tests/serving/test_batcher.py pin down):
 
 * A batch starts at the first waiting request, as soon as an instance is free.
-* It takes every queued request that fits (up to ``max_batch_size`` rows), then keeps
+* It takes every queued request that fits (up to ``max_batch_size`` rows) and has the
+  same shapes after the batch dimension as the first one (a model with a dynamic
+  non-batch axis runs requests of different lengths in different batches, as Triton
+  does; it never pads), then keeps
   collecting only while more requests keep arriving: after each pass through the event
   loop that brought nothing new, it runs. So a lone caller never waits for the delay,
   while concurrent callers are merged.
@@ -14,7 +17,9 @@ Policy (what the tests in tests/serving/test_batcher.py pin down):
   worker threads fed by a queue, off the event loop; a finished execution comes back to
   the loop with one ``call_soon_threadsafe`` (no ``concurrent.futures`` objects: that
   handoff cost more CPU than the small models' ``session.run``). Outputs are split back
-  by rows to each caller.
+  by rows to each caller. A request's inputs are joined input by input (every input of a
+  request has the same rows). A model without a batch dimension (``max_batch_size`` 0)
+  runs each request alone and hands it the outputs whole.
 * Admission is bounded: past ``max_queue_size`` waiting requests, ``submit`` raises
   QueueFullError at once. Requests whose caller cancelled or whose deadline passed
   while queued are dropped before execution.
@@ -41,11 +46,13 @@ from serving.errors import (
     SettingsError,
 )
 from serving.metrics import NOOP_VERSION_METRICS
+from serving.statistics import VersionStatistics
 
 LOGGER = logging.getLogger(__name__)
 
-# run(batch) -> outputs, each with the batch's rows first, in the model's output order.
-RunFn = Callable[[np.ndarray], Sequence[np.ndarray]]
+# run(inputs) -> outputs: the batch's inputs in the model's input order; outputs in the
+# model's output order, each with the batch's rows first when the model batches.
+RunFn = Callable[[list[np.ndarray]], Sequence[np.ndarray]]
 Outputs = Sequence[np.ndarray]
 
 
@@ -65,14 +72,14 @@ class BatchingPolicy:
     """Batching settings of one model version (config.pbtxt plus command-line overrides)."""
 
     enabled: bool = True
-    max_batch_size: int = 64  # rows per execution, and per request (0: no limit, no batching)
+    max_batch_size: int = 64  # rows per execution and request (0: no batch dimension at all)
     preferred_batch_sizes: tuple[int, ...] = ()
     max_queue_delay_microseconds: int = 500
     max_queue_size: int = 1024  # waiting requests
     instances: int = 1  # parallel executions
 
     def __post_init__(self) -> None:
-        # 0 = the model takes any number of rows per request and never merges requests.
+        # 0 = the model has no batch dimension: requests run alone with their full shapes.
         if self.max_batch_size < 0 or (self.enabled and self.max_batch_size == 0):
             raise SettingsError(
                 "max_batch_size must be >= 1 with batching on (>= 0 off), "
@@ -94,18 +101,33 @@ class BatchingPolicy:
                     f"({self.max_batch_size})"
                 )
 
+    @property
+    def batched(self) -> bool:
+        """Whether the first dimension of every tensor is the batch one."""
+        return self.max_batch_size > 0
+
 
 class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "rows")
+    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
 
     def __init__(
-        self, inputs: np.ndarray, deadline: float | None, future: asyncio.Future[Outputs]
+        self,
+        inputs: list[np.ndarray],
+        rows: int,
+        key: object,
+        deadline: float | None,
+        future: asyncio.Future[Outputs],
     ) -> None:
         self.inputs = inputs
-        self.rows = inputs.shape[0]
+        self.rows = rows
+        self.key = key
         self.enqueued = perf_counter()
         self.deadline = deadline
         self.future = future
+
+
+# (requests, rows, their inputs joined per model input, seconds spent joining them)
+_Job = tuple[list[_Item], int, list[np.ndarray], float]
 
 
 class Batcher:
@@ -118,17 +140,18 @@ class Batcher:
         *,
         name: str,
         metrics: BatchMetrics | None = None,
+        statistics: VersionStatistics | None = None,
     ) -> None:
         self.policy = policy
         self.name = name  # "model 'mlp' v2", used in messages
         self._run_fn = run
         self._metrics: BatchMetrics = metrics or NOOP_VERSION_METRICS
+        self.statistics = statistics or VersionStatistics()
         self._queue: deque[_Item] = deque()
         self._free = policy.instances
-        # Batches to run (None: a worker's signal to stop); only ever as many as are free.
-        self._jobs: queue.SimpleQueue[tuple[list[_Item], int, np.ndarray] | None] = (
-            queue.SimpleQueue()
-        )
+        # Batches to run, with the seconds it took to gather their inputs (None: a
+        # worker's signal to stop); only ever as many as there are free instances.
+        self._jobs: queue.SimpleQueue[_Job | None] = queue.SimpleQueue()
         self._workers: list[threading.Thread] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._task: asyncio.Task[None] | None = None
@@ -143,10 +166,6 @@ class Batcher:
         self._admitted = 0
         self._settled = 0
         self._reported_inflight = 0
-        # Counters read by GetModel (loop thread only).
-        self.requests = 0
-        self.rows = 0
-        self.executions = 0
 
     def start(self) -> None:
         """Start the owning task on the running event loop."""
@@ -166,11 +185,18 @@ class Batcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def submit(self, inputs: np.ndarray, deadline: float | None = None) -> asyncio.Future[Outputs]:
-        """Queue ``inputs`` ([rows, ...], already validated); the future gets its outputs.
+    def submit(
+        self,
+        inputs: list[np.ndarray],
+        rows: int,
+        key: object = None,
+        deadline: float | None = None,
+    ) -> asyncio.Future[Outputs]:
+        """Queue one request's validated inputs; the future gets its outputs.
 
-        ``deadline`` is a ``perf_counter()`` instant after which the request is dropped
-        instead of executed.
+        ``rows`` is the request's batch rows; requests with different ``key`` (their
+        shapes after the batch dimension) never share an execution. ``deadline`` is a
+        ``perf_counter()`` instant after which the request is dropped instead of executed.
         """
         if self._closing or self._loop is None:
             raise ModelUnavailableError(f"{self.name} is unloading; retry on another version")
@@ -183,7 +209,7 @@ class Batcher:
                 f"max_queue_size is {self.policy.max_queue_size}; retry later"
             )
         future: asyncio.Future[Outputs] = self._loop.create_future()
-        queue.append(_Item(inputs, deadline, future))
+        queue.append(_Item(inputs, rows, key, deadline, future))
         self._admitted += 1
         self._metrics.queue_depth(len(queue))
         wakeup = self._wakeup
@@ -291,7 +317,7 @@ class Batcher:
                 items.append(item)
                 rows = item.rows
                 break
-            if items and rows + item.rows > limit:
+            if items and (rows + item.rows > limit or item.key != items[0].key):
                 break
             queue.popleft()
             items.append(item)
@@ -313,10 +339,19 @@ class Batcher:
         assert self._idle is not None and self._loop is not None
         self._idle.clear()
         now = perf_counter()
+        statistics = self.statistics
         for item in items:
-            self._metrics.queue_wait(now - item.enqueued)
-        batch = items[0].inputs if len(items) == 1 else np.concatenate([i.inputs for i in items])
-        self._jobs.put((items, rows, batch))
+            waited = now - item.enqueued
+            self._metrics.queue_wait(waited)
+            statistics.queued(waited)
+        if len(items) == 1:
+            batch = items[0].inputs
+        else:
+            batch = [
+                np.concatenate([item.inputs[i] for item in items])
+                for i in range(len(items[0].inputs))
+            ]
+        self._jobs.put((items, rows, batch, perf_counter() - now))
 
     def _work(self) -> None:
         """A worker thread: run batches, hand each result back to the loop."""
@@ -326,7 +361,7 @@ class Batcher:
         assert loop is not None
         complete = self._complete
         while (job := jobs.get()) is not None:
-            items, rows, batch = job
+            items, rows, batch, gathered = job
             started = perf_counter()
             try:
                 outputs, error = run(batch), None
@@ -334,7 +369,9 @@ class Batcher:
                 outputs, error = (), raised
             seconds = perf_counter() - started
             try:
-                loop.call_soon_threadsafe(complete, items, rows, outputs, seconds, error)
+                loop.call_soon_threadsafe(
+                    complete, items, rows, outputs, (gathered, seconds), error
+                )
             except RuntimeError:  # the loop is closed: nobody is waiting any more
                 return
 
@@ -343,7 +380,7 @@ class Batcher:
         items: list[_Item],
         rows: int,
         outputs: Outputs,
-        seconds: float,
+        timings: tuple[float, float],
         failure: BaseException | None,
     ) -> None:
         """Back on the loop: free the instance, hand each caller its rows."""
@@ -355,13 +392,16 @@ class Batcher:
         if freed is not None and not freed.done():
             freed.set_result(None)
         self._settled += len(items)
+        gathered, seconds = timings
+        batched = self.policy.batched
         try:
             if failure is not None:
                 raise failure
-            for output in outputs:
-                if output.shape[0] != rows:
+            for output in outputs if batched else ():
+                if not output.shape or output.shape[0] != rows:
                     raise RuntimeError(
-                        f"{self.name} returned {output.shape[0]} rows for a batch of {rows}"
+                        f"{self.name} returned an output of shape {list(output.shape)} for "
+                        f"a batch of {rows} rows"
                     )
         except BaseException as error:
             LOGGER.error(
@@ -373,23 +413,20 @@ class Batcher:
             self._report_inflight()
             return
         self._report_inflight()
-        self.executions += 1
         self._metrics.execution(rows, seconds)
+        scattering = perf_counter()
         if len(items) == 1:
             item = items[0]
             if not item.future.done():
                 item.future.set_result(outputs)
-                self.requests += 1
-                self.rows += rows
-            return
-        start = 0
-        for item in items:
-            stop = start + item.rows
-            if not item.future.done():
-                item.future.set_result([output[start:stop] for output in outputs])
-                self.requests += 1
-                self.rows += item.rows
-            start = stop
+        else:
+            start = 0
+            for item in items:
+                stop = start + item.rows
+                if not item.future.done():
+                    item.future.set_result([output[start:stop] for output in outputs])
+                start = stop
+        self.statistics.executed(rows, len(items), gathered, seconds, perf_counter() - scattering)
 
     def _fail_queued(self, error: Exception) -> None:
         while self._queue:

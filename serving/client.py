@@ -16,8 +16,9 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from model_repository.datatypes import of_array
 from protos import predict_pb2, predict_pb2_grpc
-from serving.tensors import PREDICT_DTYPE_OF, array_from_predict
+from serving.tensors import PREDICT_DTYPE_OF, array_from_predict, to_bytes
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 
@@ -33,27 +34,45 @@ class Prediction:
     scores: list[list[float]]  # the matching probabilities
     indices: list[list[int]]  # the matching class indices
     predictions: np.ndarray | None  # regression: float32 [rows, 1]
+    outputs: dict[str, np.ndarray]  # named outputs (asked for, or of a model without a task)
+
+
+def tensor_message(array: np.ndarray) -> predict_pb2.Tensor:
+    """A Predict Tensor for ``array``: little-endian row-major bytes, or BYTES elements."""
+    array = np.asarray(array)
+    if array.dtype.kind in "SU":
+        array = array.astype(object)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    array = np.ascontiguousarray(array)
+    datatype = of_array(array)
+    if datatype is None:
+        raise ValueError(
+            f"array dtype {array.dtype} is not supported; use one of "
+            f"{sorted(PREDICT_DTYPE_OF)} (numpy bool, int, uint, float or bytes)"
+        )
+    return predict_pb2.Tensor(
+        shape=array.shape, dtype=PREDICT_DTYPE_OF[datatype.wire], data=to_bytes(array)
+    )
 
 
 def predict_request(
-    model: str, array: np.ndarray, top_k: int = 1, version: int | None = None
+    model: str,
+    array: np.ndarray | dict[str, np.ndarray],
+    top_k: int = 1,
+    version: int | None = None,
+    outputs: tuple[str, ...] = (),
 ) -> predict_pb2.PredictRequest:
-    """The PredictRequest for ``array`` (sent as little-endian row-major bytes)."""
-    array = np.ascontiguousarray(array)
-    if array.dtype.byteorder == ">":
-        array = array.astype(array.dtype.newbyteorder("<"))
-    dtype = PREDICT_DTYPE_OF.get(array.dtype)
-    if dtype is None:
-        raise ValueError(
-            f"array dtype {array.dtype} is not supported; use one of "
-            f"{sorted(str(d) for d in PREDICT_DTYPE_OF)}"
-        )
-    return predict_pb2.PredictRequest(
-        model=model,
-        version=version or 0,
-        top_k=top_k,
-        input=predict_pb2.Tensor(shape=array.shape, dtype=dtype, data=array.tobytes()),
+    """The PredictRequest for one input array, or for named inputs."""
+    request = predict_pb2.PredictRequest(
+        model=model, version=version or 0, top_k=top_k, outputs=outputs
     )
+    if isinstance(array, dict):
+        for name, value in array.items():
+            request.inputs[name].CopyFrom(tensor_message(value))
+    else:
+        request.input.CopyFrom(tensor_message(array))
+    return request
 
 
 def prediction_from_response(response: predict_pb2.PredictResponse) -> Prediction:
@@ -64,6 +83,7 @@ def prediction_from_response(response: predict_pb2.PredictResponse) -> Predictio
         array_from_predict(response.predictions) if response.HasField("predictions") else None
     )
     rows = [list(row.classes) for row in response.top_k]
+    named = {name: array_from_predict(tensor) for name, tensor in response.outputs.items()}
     return Prediction(
         model=response.model,
         version=response.version,
@@ -72,6 +92,7 @@ def prediction_from_response(response: predict_pb2.PredictResponse) -> Predictio
         scores=[[c.score for c in row] for row in rows],
         indices=[[c.index for c in row] for row in rows],
         predictions=predictions,
+        outputs=named,
     )
 
 
@@ -103,15 +124,20 @@ class Client:
     def predict(
         self,
         model: str,
-        array: np.ndarray,
+        array: np.ndarray | dict[str, np.ndarray],
         top_k: int = 1,
         version: int | None = None,
         *,
+        outputs: tuple[str, ...] = (),
         timeout: float | None = None,
     ) -> Prediction:
-        """Run ``model`` on ``array`` ([rows, ...]); labels for classifiers, values else."""
+        """Run ``model`` on ``array`` ([rows, ...]) or on named inputs.
+
+        Labels for classifiers, values for regressions, named ``outputs`` when asked for
+        (every output of a model without a task).
+        """
         response = self.stub.Predict(
-            predict_request(model, array, top_k, version),
+            predict_request(model, array, top_k, version, outputs),
             timeout=timeout or self.timeout,
             metadata=self.metadata,
         )

@@ -20,6 +20,7 @@ LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 DEVICES = ("auto", "cpu", "cuda")
 EVENT_LOOPS = ("uvloop", "asyncio")
+CONTROL_MODES = ("none", "poll", "explicit")
 
 
 def _port(name: str, value: int) -> None:
@@ -82,6 +83,8 @@ class ServerSettings:
     metrics_port: int = DEFAULT_METRICS_PORT
     metrics_enabled: bool = True
     poll_interval_seconds: float = 2.0  # 0 disables watching the repository
+    model_control_mode: str = "poll"  # Triton's --model-control-mode
+    load_models: tuple[str, ...] = ()  # explicit mode: the models loaded at start
     grace_seconds: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     tls_cert: Path | None = None
@@ -102,6 +105,13 @@ class ServerSettings:
             raise SettingsError(
                 f"poll_interval_seconds must be >= 0, got {self.poll_interval_seconds}"
             )
+        if self.model_control_mode not in CONTROL_MODES:
+            raise SettingsError(
+                f"model control mode must be one of {', '.join(CONTROL_MODES)}, "
+                f"got {self.model_control_mode!r}"
+            )
+        if self.load_models and self.model_control_mode != "explicit":
+            raise SettingsError("--load-model needs --model-control-mode explicit")
         if self.grace_seconds < 0:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.max_message_bytes < 1024:
@@ -129,6 +139,11 @@ class ServerSettings:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def polling(self) -> bool:
+        """Whether the repository is watched for new, changed and removed versions."""
+        return self.model_control_mode == "poll" and self.poll_interval_seconds > 0
 
 
 def token_from_environment() -> str | None:

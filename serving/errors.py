@@ -8,7 +8,9 @@ Hierarchy::
     ├── InvalidInputError        INVALID_ARGUMENT: dtype, shape, byte length, rows, NaN/Inf, ...
     ├── QueueFullError           RESOURCE_EXHAUSTED: the batch queue is at max_queue_size
     ├── ModelUnavailableError    UNAVAILABLE: loading, failed, or being unloaded
-    └── DeadlineExpiredError     DEADLINE_EXCEEDED: the caller's deadline passed while queued
+    ├── DeadlineExpiredError     DEADLINE_EXCEEDED: the caller's deadline passed while queued
+    ├── ModelLoadError           INVALID_ARGUMENT: RepositoryModelLoad found a model it cannot serve
+    └── NotAllowedError          FAILED_PRECONDITION: model control outside explicit mode
 
 Messages name what was received and what was expected, because they travel to the
 caller verbatim as the gRPC status details.
@@ -47,12 +49,22 @@ class DeadlineExpiredError(ServingError):
     """The caller's deadline expired before its request reached an execution."""
 
 
+class ModelLoadError(ServingError):
+    """A model that an explicit load request asked for could not be loaded."""
+
+
+class NotAllowedError(ServingError):
+    """A request the server's mode does not allow (model control while polling)."""
+
+
 _STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailableError: grpc.StatusCode.UNAVAILABLE,
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
+    NotAllowedError: grpc.StatusCode.FAILED_PRECONDITION,
 }
 
 

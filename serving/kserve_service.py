@@ -16,20 +16,29 @@ from collections.abc import AsyncIterator, Callable
 from time import perf_counter
 
 import grpc
-import numpy as np
 
+from model_repository.signature import PLATFORM
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
 from serving.batcher import Outputs
 from serving.errors import InvalidInputError, ServingError, status_code
-from serving.repository import PLATFORM, READY, ModelVersion, Repository
-from serving.tensors import TensorSpec, decode_kserve
+from serving.repository import READY, ModelVersion, Repository
+from serving.tensors import (
+    Decoded,
+    TensorSpec,
+    classification_strings,
+    clip,
+    encode_bytes,
+    requested_outputs,
+)
 from serving.unary import abort_unresolved, count_unresolved, infer_unary
 
 LOGGER = logging.getLogger(__name__)
 
 SERVER_NAME = "d2lserve"
+# Triton's names for the protocol extensions served here.
+EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics"]
 UNARY = "kserve"
 STREAM = "stream"
 
@@ -43,43 +52,57 @@ def parse_version(text: str) -> int:
     return int(text)
 
 
-def _requested_outputs(
-    request: pb.ModelInferRequest, version: ModelVersion
-) -> list[tuple[str, int, str]]:
-    """(name, index, datatype) of the outputs to return: the requested ones, else all."""
+# (name, index, datatype, classification k or 0) of an output a request asks for.
+Chosen = list[tuple[str, int, str, int]]
+
+
+def _classification_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
+    """The ``classification`` parameter of a requested output (Triton's extension), or 0."""
+    if "classification" not in output.parameters:
+        return 0
+    parameter = output.parameters["classification"]
+    choice = parameter.WhichOneof("parameter_choice")
+    if choice == "int64_param":
+        count = parameter.int64_param
+    elif choice == "uint64_param":
+        count = parameter.uint64_param
+    else:
+        count = 0
+    if count < 1:
+        raise InvalidInputError(
+            f"output '{clip(output.name)}' parameter 'classification' must be a positive "
+            "integer (the number of classes to return)"
+        )
+    return count
+
+
+def _requested_outputs(request: pb.ModelInferRequest, version: ModelVersion) -> Chosen:
+    """The outputs to return: the requested ones, else all."""
     if not request.outputs:
         return version.kserve_outputs
     chosen = []
     for output in request.outputs:
-        index = version.output_index.get(output.name)
-        if index is None:
-            raise InvalidInputError(
-                f"requested output '{output.name}' does not exist; {version.description} has "
-                f"{list(version.output_index)}"
-            )
-        if "classification" in output.parameters:
-            raise InvalidInputError(
-                "the 'classification' output parameter is not supported; use the Predict "
-                "API's top_k for labels"
-            )
-        chosen.append(version.kserve_outputs[index])
+        (index,) = requested_outputs(version.output_index, (output.name,), version.description)
+        count = _classification_count(output)
+        datatype = "BYTES" if count else version.outputs[index].kserve_dtype
+        chosen.append((output.name, index, datatype, count))
     return chosen
 
 
 def decode_infer_request(
     request: pb.ModelInferRequest, version: ModelVersion
-) -> tuple[np.ndarray, list[tuple[str, int, str]]]:
-    """The validated input rows of a ModelInferRequest and the outputs it asks for."""
-    names = _requested_outputs(request, version)
-    array = decode_kserve(request, version.input, version.description, version.max_rows)
-    return array, names
+) -> tuple[Decoded, Chosen]:
+    """The validated inputs of a ModelInferRequest and the outputs it asks for."""
+    chosen = _requested_outputs(request, version)
+    assert version.schema is not None
+    return version.schema.decode_kserve(request), chosen
 
 
 def fill_infer_response(
     response: pb.ModelInferResponse,
     version: ModelVersion,
-    outputs: list[np.ndarray],
-    chosen: list[tuple[str, int, str]],
+    outputs: Outputs,
+    chosen: Chosen,
     request_id: str,
 ) -> None:
     """Write the outputs into ``response`` in place.
@@ -92,10 +115,13 @@ def fill_infer_response(
     response.id = request_id
     tensors = response.outputs
     raw = response.raw_output_contents
-    for name, index, datatype in chosen:
+    for name, index, datatype, count in chosen:
         array = outputs[index]
+        if count:
+            labels = version.output_labels.get(index, ())
+            array = classification_strings(array, count, labels, version.batched)
         tensors.add(name=name, datatype=datatype, shape=array.shape)
-        raw.append(array.tobytes())
+        raw.append(array.tobytes() if array.dtype.kind != "O" else encode_bytes(array))
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -150,16 +176,17 @@ class _Stream:
 class _Pending:
     """One stream request in the batcher; its response is made when its batch finishes."""
 
-    __slots__ = ("names", "request_id", "rows", "started", "stream", "version")
+    __slots__ = ("decoding", "names", "request_id", "rows", "started", "stream", "version")
 
     def __init__(
         self,
         stream: _Stream,
         version: ModelVersion,
-        names: list[tuple[str, int, str]],
+        names: Chosen,
         request_id: str,
         rows: int,
         started: float,
+        decoding: float,
     ) -> None:
         self.stream = stream
         self.version = version
@@ -167,6 +194,7 @@ class _Pending:
         self.request_id = request_id
         self.rows = rows
         self.started = started
+        self.decoding = decoding
 
     def finish(self, future: asyncio.Future) -> None:
         """Done callback of the batcher future: queue the response (or error) to write."""
@@ -174,18 +202,20 @@ class _Pending:
         stream.running.discard(future)
         version = self.version
         code = "OK"
+        encoding = 0.0
         try:
             if future.cancelled():  # the stream ended first; nobody to answer
                 code = "CANCELLED"
                 return
             error = future.exception()
             if error is None:
-                encoding = perf_counter()
+                encoded = perf_counter()
                 response = pb.ModelStreamInferResponse()
                 fill_infer_response(
                     response.infer_response, version, future.result(), self.names, self.request_id
                 )
-                version.metrics.encode(perf_counter() - encoding)
+                encoding = perf_counter() - encoded
+                version.metrics.encode(encoding)
                 stream.respond(response)
             elif isinstance(error, ServingError):
                 code = status_code(error).name
@@ -202,7 +232,8 @@ class _Pending:
             )
             stream.respond(_stream_error(f"{version.description}: {error}", self.request_id))
         finally:
-            version.metrics.request_finished(STREAM, code, perf_counter() - self.started, self.rows)
+            seconds = perf_counter() - self.started
+            version.finished(STREAM, code, seconds, self.rows, self.decoding, encoding)
 
 
 def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
@@ -241,7 +272,9 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
-        return pb.ServerMetadataResponse(name=SERVER_NAME, version=__version__, extensions=[])
+        return pb.ServerMetadataResponse(
+            name=SERVER_NAME, version=__version__, extensions=EXTENSIONS
+        )
 
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
@@ -252,13 +285,12 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             await context.abort(status_code(error), str(error))
         model = self._repository.models[request.name]
         ready = sorted(n for n, v in model.versions.items() if v.state == READY)
-        assert version.input is not None
         return pb.ModelMetadataResponse(
             name=model.name,
             versions=[str(n) for n in ready],
             platform=PLATFORM,
-            inputs=[_tensor_metadata(version.input)],
-            outputs=[_tensor_metadata(o) for o in version.outputs],
+            inputs=[_tensor_metadata(spec) for spec in version.inputs],
+            outputs=[_tensor_metadata(spec) for spec in version.outputs],
         )
 
     async def ModelInfer(
@@ -272,7 +304,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             await abort_unresolved(self._repository, UNARY, request.model_name, error, context)
 
-        def respond(outputs: Outputs, names: list[tuple[str, int, str]]) -> pb.ModelInferResponse:
+        def respond(outputs: Outputs, names: Chosen) -> pb.ModelInferResponse:
             response = pb.ModelInferResponse()
             fill_infer_response(response, version, outputs, names, request.id)
             return response
@@ -335,16 +367,94 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             stream.respond(_stream_error(str(error), request.id))
             return
         rows = 0
+        decoding = 0.0
         try:
-            array, names = decode_infer_request(request, version)
-            rows = array.shape[0]
-            version.metrics.decode(perf_counter() - started)
-            future = version.batcher.submit(array, None)
+            inputs, names = decode_infer_request(request, version)
+            rows = inputs.rows
+            decoding = perf_counter() - started
+            version.metrics.decode(decoding)
+            assert version.batcher is not None
+            future = version.batcher.submit(inputs.arrays, rows, inputs.key, None)
         except ServingError as error:
-            version.metrics.request_finished(
-                STREAM, status_code(error).name, perf_counter() - started, rows
-            )
+            code = status_code(error).name
+            version.finished(STREAM, code, perf_counter() - started, rows, decoding, 0.0)
             stream.respond(_stream_error(str(error), request.id))
             return
         stream.running.add(future)
-        future.add_done_callback(_Pending(stream, version, names, request.id, rows, started).finish)
+        pending = _Pending(stream, version, names, request.id, rows, started, decoding)
+        future.add_done_callback(pending.finish)
+
+    # -- Triton's extensions ---------------------------------------------------------
+
+    async def ModelConfig(
+        self, request: pb.ModelConfigRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelConfigResponse:
+        try:
+            version = self._repository.described(request.name, parse_version(request.version))
+        except ServingError as error:
+            await context.abort(status_code(error), str(error))
+        config = version.config or self._repository.models[request.name].config
+        if config is None:
+            await context.abort(
+                grpc.StatusCode.UNAVAILABLE,
+                f"{version.description} failed before its config was read: {version.reason}",
+            )
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(
+        self, request: pb.ModelStatisticsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelStatisticsResponse:
+        repository = self._repository
+        response = pb.ModelStatisticsResponse()
+        try:
+            number = parse_version(request.version)
+            if request.name:
+                models = [repository.model(request.name)]
+            else:
+                models = [repository.models[name] for name in sorted(repository.models)]
+            for model in models:
+                if number:
+                    versions = [repository.version(model.name, number)]
+                else:
+                    versions = [model.versions[n] for n in sorted(model.versions)]
+                for version in versions:
+                    if version.state != READY:
+                        continue
+                    entry = response.model_stats.add(name=model.name, version=str(version.version))
+                    version.statistics.into(entry)
+        except ServingError as error:
+            await context.abort(status_code(error), str(error))
+        return response
+
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        response = pb.RepositoryIndexResponse()
+        for name, version, state, reason in self._repository.index():
+            if request.ready and state != "READY":
+                continue
+            response.models.add(name=name, version=version, state=state, reason=reason)
+        return response
+
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        try:
+            if request.parameters:
+                raise InvalidInputError(
+                    f"load parameters {sorted(clip(k) for k in request.parameters)} are not "
+                    "supported; put the config in the repository"
+                )
+            await self._repository.load_model(request.model_name)
+        except ServingError as error:
+            await context.abort(status_code(error), str(error))
+        return pb.RepositoryModelLoadResponse()
+
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        try:
+            await self._repository.unload_model(request.model_name)
+        except ServingError as error:
+            await context.abort(status_code(error), str(error))
+        return pb.RepositoryModelUnloadResponse()

@@ -6,18 +6,18 @@ import logging
 from time import perf_counter
 
 import grpc
-import numpy as np
 
-from model_repository import metadata as meta_keys
+from model_repository.signature import PLATFORM
 from protos import predict_pb2, predict_pb2_grpc
+from serving.batcher import Outputs
 from serving.errors import InvalidInputError, ServingError, status_code
-from serving.repository import PLATFORM, Model, ModelVersion, Repository
+from serving.repository import Model, ModelVersion, Repository
 from serving.tensors import (
-    PREDICT_DTYPE_OF,
+    Decoded,
     TensorSpec,
     add_top_k,
-    decode_predict,
     fill_predict_tensor,
+    requested_outputs,
 )
 from serving.unary import abort_unresolved, infer_unary
 
@@ -42,16 +42,16 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
         except ServingError as error:
             await abort_unresolved(self._repository, API, request.model, error, context)
 
-        def prepare() -> tuple[np.ndarray, int]:
-            array = decode_predict(
-                request.input, version.input, version.description, version.max_rows
-            )
+        def prepare() -> tuple[Decoded, tuple[int, list[int]]]:
+            assert version.schema is not None
+            inputs = version.schema.decode_predict(request)
+            chosen = requested_outputs(version.output_index, request.outputs, version.description)
             top_k = request.top_k or 1
-            if version.classifier and top_k > len(version.labels):
+            if version.classifier and not chosen and top_k > len(version.labels):
                 raise InvalidInputError(
                     f"top_k is {top_k}; {version.description} has {len(version.labels)} classes"
                 )
-            return array, top_k
+            return inputs, (top_k, chosen)
 
         return await infer_unary(
             API,
@@ -59,7 +59,7 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
             context,
             started,
             prepare,
-            lambda outputs, top_k: predict_response(version, outputs, top_k),
+            lambda outputs, state: predict_response(version, outputs, *state),
         )
 
     async def ListModels(
@@ -101,9 +101,8 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
             return info
         info.version = version.version
         info.task = version.task
-        if version.input is not None:
-            info.inputs.append(_tensor_spec(version.input))
-        info.outputs.extend(_tensor_spec(o) for o in version.outputs)
+        info.inputs.extend(_tensor_spec(spec) for spec in version.inputs)
+        info.outputs.extend(_tensor_spec(spec) for spec in version.outputs)
         info.labels.extend(version.labels)
         policy = version.policy
         info.batching.CopyFrom(
@@ -116,34 +115,47 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
                 instances=policy.instances,
             )
         )
-        if version.batcher is not None:
-            info.statistics.CopyFrom(
-                predict_pb2.ModelStatistics(
-                    requests=version.batcher.requests,
-                    rows=version.batcher.rows,
-                    executions=version.batcher.executions,
-                )
+        statistics = version.statistics
+        info.statistics.CopyFrom(
+            predict_pb2.ModelStatistics(
+                requests=statistics.requests,
+                rows=statistics.inference_count,
+                executions=statistics.execution_count,
             )
+        )
         info.metadata.update(version.properties)
         return info
 
 
 def _tensor_spec(spec: TensorSpec) -> predict_pb2.TensorSpec:
-    return predict_pb2.TensorSpec(
-        name=spec.name, dtype=PREDICT_DTYPE_OF.get(spec.dtype, 0), shape=spec.shape
-    )
+    return predict_pb2.TensorSpec(name=spec.name, dtype=spec.predict_dtype, shape=spec.shape)
 
 
 def predict_response(
-    version: ModelVersion, outputs: list, top_k: int
+    version: ModelVersion, outputs: Outputs, top_k: int, chosen: list[int]
 ) -> predict_pb2.PredictResponse:
-    """Probabilities and top-k labels for classifiers, predictions for regression."""
+    """The answer to a Predict call.
+
+    The outputs asked for by name; else a classifier's scores and top-k labels, a
+    regression's predictions, or every output of a model without a task.
+    """
     response = predict_pb2.PredictResponse(model=version.name, version=version.version)
-    if version.classifier:
-        probabilities = outputs[version.output_index[meta_keys.PROBABILITIES_NAME]]
-        fill_predict_tensor(response.probabilities, probabilities)
-        add_top_k(response.top_k, probabilities, top_k, version.labels)
-    else:
-        predictions = outputs[version.output_index[meta_keys.PREDICTION_NAME]]
-        fill_predict_tensor(response.predictions, predictions)
+    specs = version.outputs
+    if not chosen:
+        if version.classifier:
+            scores = outputs[version.scores_output]
+            fill_predict_tensor(
+                response.probabilities, scores, specs[version.scores_output].datatype
+            )
+            add_top_k(response.top_k, scores, top_k, version.labels)
+            return response
+        if version.prediction_output >= 0:
+            index = version.prediction_output
+            fill_predict_tensor(response.predictions, outputs[index], specs[index].datatype)
+            return response
+        chosen = list(range(len(specs)))
+    for index in chosen:
+        fill_predict_tensor(
+            response.outputs[specs[index].name], outputs[index], specs[index].datatype
+        )
     return response

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from serving.config import RuntimeSettings
 from serving.errors import SettingsError
@@ -18,16 +17,14 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def _probe_model() -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+# The smallest useful graph, y = Identity(x) on float[1] (opset 17, IR 8), serialized
+# once with onnx.helper (tests/serving/test_runtime.py rebuilds it and compares), so
+# that the server needs nothing from the training stack to probe for CUDA.
+PROBE_MODEL = (
+    b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08'
+    b"\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00"
+    b"\x10\x11"
+)
 
 
 def cuda_works() -> bool:
@@ -43,7 +40,7 @@ def cuda_works() -> bool:
     previous = 2
     ort.set_default_logger_severity(4)  # the failed library load is expected noise here
     try:
-        session = ort.InferenceSession(_probe_model(), options, providers=[CUDA, CPU])
+        session = ort.InferenceSession(PROBE_MODEL, options, providers=[CUDA, CPU])
     except Exception:  # any failure means: not usable
         return False
     finally:

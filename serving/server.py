@@ -87,6 +87,8 @@ class Server:
             settings.batching,
             self.metrics,
             on_change=self._model_health,
+            control_mode=settings.model_control_mode,
+            startup_models=settings.load_models,
         )
         self._ready = False
         self._stopping = asyncio.Event()
@@ -167,12 +169,18 @@ class Server:
             LOGGER.info("event=metrics_listening port=%d", self.metrics_port)
         watcher: asyncio.Task[None] | None = None
         try:
+            missing = self.repository.missing_startup_models()
+            if missing:
+                raise SettingsError(
+                    f"--load-model {', '.join(missing)}: not a folder of "
+                    f"{settings.model_repository}"
+                )
             await self.repository.scan()
             self._ready = True
             for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
                 await self.health.set(name, SERVING)
             LOGGER.info("event=ready models=%s", ",".join(sorted(self.repository.models)))
-            if settings.poll_interval_seconds > 0:
+            if settings.polling:
                 watcher = loop.create_task(
                     self.repository.watch(settings.poll_interval_seconds), name="repository watch"
                 )

@@ -14,12 +14,12 @@ from time import perf_counter
 from typing import TypeVar
 
 import grpc
-import numpy as np
 
 from serving.batcher import Outputs
 from serving.errors import ServingError, status_code
 from serving.metrics import UNKNOWN_MODEL
 from serving.repository import ModelVersion, Repository
+from serving.tensors import Decoded
 
 LOGGER = logging.getLogger(__name__)
 
@@ -56,28 +56,33 @@ async def infer_unary(
     version: ModelVersion,
     context: grpc.aio.ServicerContext,
     started: float,
-    prepare: Callable[[], tuple[np.ndarray, State]],
+    prepare: Callable[[], tuple[Decoded, State]],
     respond: Callable[[Outputs, State], Response],
 ) -> Response:
     """Run one request on ``version`` and account for it, whatever its outcome.
 
-    ``prepare`` decodes and validates the request into (rows, state for ``respond``) and
-    raises a ServingError for bad input; ``respond`` builds the answer from the outputs.
+    ``prepare`` decodes and validates the request into (inputs, state for ``respond``)
+    and raises a ServingError for bad input; ``respond`` builds the answer from the
+    outputs.
     """
     metrics = version.metrics
     code = "OK"
     rows = 0
+    decoding = encoding = 0.0
     try:
-        array, state = prepare()
-        rows = array.shape[0]
+        inputs, state = prepare()
+        rows = inputs.rows
         decoded = perf_counter()
-        metrics.decode(decoded - started)
+        decoding = decoded - started
+        metrics.decode(decoding)
         remaining = context.time_remaining()
         deadline = None if remaining is None else decoded + remaining
-        outputs = await version.batcher.submit(array, deadline)
-        encoding = perf_counter()
+        assert version.batcher is not None
+        outputs = await version.batcher.submit(inputs.arrays, rows, inputs.key, deadline)
+        encoded = perf_counter()
         response = respond(outputs, state)
-        metrics.encode(perf_counter() - encoding)
+        encoding = perf_counter() - encoded
+        metrics.encode(encoding)
         return response
     except ServingError as error:
         grpc_code = status_code(error)
@@ -91,5 +96,5 @@ async def infer_unary(
         LOGGER.exception("event=infer_failed api=%s model=%s", api, version.description)
         await context.abort(grpc.StatusCode.INTERNAL, f"{version.description}: {error}")
     finally:
-        metrics.request_finished(api, code, perf_counter() - started, rows)
+        version.finished(api, code, perf_counter() - started, rows, decoding, encoding)
     raise AssertionError("unreachable: context.abort raises")  # pragma: no cover

@@ -44,18 +44,17 @@ from torch import nn
 from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import ConfigError, format_config, read_config
+from model_repository.signature import (
+    PLATFORM,
+    GraphSignature,
+    config_mismatches,
+    signature_from_session,
+)
 from protos import model_config_pb2
 from training.errors import TrainingError
 from training.models import KINDS
 from training.publish import create_file_atomically, publish_version
 from training.result import TrainedModel
-from training.signature import (
-    PLATFORM,
-    GraphSignature,
-    config_mismatches,
-    output_names,
-    signature_from_onnx,
-)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -244,7 +243,11 @@ def to_onnx(wrapper: ExportModule, sample: torch.Tensor, opset: int) -> onnx.Mod
             wrapper,
             (sample,),
             input_names=[meta.INPUT_NAME],
-            output_names=list(output_names(wrapper.classify)),
+            output_names=list(
+                meta.output_names(
+                    meta.TASK_CLASSIFICATION if wrapper.classify else meta.TASK_REGRESSION
+                )
+            ),
             opset_version=opset,
             dynamo=True,
             dynamic_shapes=({0: torch.export.Dim("batch")},),
@@ -378,6 +381,12 @@ def compare_with_torch(
     return {"max_abs_diff": worst, "rows_checked": {k: int(v.shape[0]) for k, v in batches.items()}}
 
 
+def graph_signature(data: bytes) -> GraphSignature:
+    """The graph's signature as the server will read it (through ONNX Runtime)."""
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    return signature_from_session(session)
+
+
 def build_config(
     name: str, signature: GraphSignature, layout_name: str, settings: ExportSettings
 ) -> model_config_pb2.ModelConfig:
@@ -385,11 +394,12 @@ def build_config(
     config = model_config_pb2.ModelConfig(
         name=name, platform=PLATFORM, max_batch_size=settings.max_batch_size
     )
-    for spec in signature.inputs:
+    inputs, outputs = signature.config_specs(batched=True)
+    for spec in inputs:
         entry = config.input.add(name=spec.name, data_type=spec.data_type, dims=spec.dims)
         if layout_name == meta.LAYOUT_NCHW:
             entry.format = model_config_pb2.ModelInput.FORMAT_NCHW
-    for spec in signature.outputs:
+    for spec in outputs:
         config.output.add(name=spec.name, data_type=spec.data_type, dims=spec.dims)
     config.dynamic_batching.preferred_batch_size.extend(settings.preferred_batch_sizes)
     config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_microseconds
@@ -488,7 +498,7 @@ def export_trained_model(
     comparison = compare_with_torch(data, wrapper, trained.holdout, settings)
     verified = time.perf_counter()
 
-    signature = signature_from_onnx(onnx_model)
+    signature = graph_signature(data)
     config = build_config(name, signature, trained.dataset.input_layout, settings)
     model_dir = repository / name
     config_file = layout.config_path(repository, name)

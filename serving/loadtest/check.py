@@ -13,9 +13,10 @@ import numpy as np
 
 from model_repository import layout
 from model_repository import metadata as meta
+from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, predict_pb2
 from serving.loadtest.errors import InputError
-from serving.tensors import KSERVE_DTYPES, PREDICT_DTYPE_OF, array_from_predict
+from serving.tensors import array_from_predict
 
 RTOL = 1e-3
 ATOL = 1e-4
@@ -48,11 +49,11 @@ def decode_response(api: str, raw: bytes) -> tuple[int, dict[str, np.ndarray]]:
         infer = grpc_service_pb2.ModelInferResponse.FromString(raw)
     outputs = {}
     for position, tensor in enumerate(infer.outputs):
-        dtype = KSERVE_DTYPES.get(tensor.datatype)
-        if position >= len(infer.raw_output_contents) or dtype not in PREDICT_DTYPE_OF:
+        datatype = BY_WIRE.get(tensor.datatype)
+        if position >= len(infer.raw_output_contents) or datatype is None or datatype.is_bytes:
             continue
         data = infer.raw_output_contents[position]
-        outputs[tensor.name] = np.frombuffer(data, dtype=dtype).reshape(tuple(tensor.shape))
+        outputs[tensor.name] = np.frombuffer(data, datatype.numpy).reshape(tuple(tensor.shape))
     version = int(infer.model_version) if infer.model_version.isdigit() else 0
     return version, outputs
 

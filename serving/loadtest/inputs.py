@@ -12,9 +12,10 @@ import grpc
 import numpy as np
 
 from model_repository import metadata as meta
+from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.loadtest.errors import InputError, TargetError
-from serving.tensors import KSERVE_DTYPES, PREDICT_DTYPE_OF, PREDICT_DTYPES
+from serving.tensors import PREDICT_DTYPES
 
 LOGGER = logging.getLogger(__name__)
 
@@ -60,7 +61,7 @@ async def fetch_signature(
     if not info.inputs:
         raise TargetError(f"model {model!r}: the server describes no input")
     spec = info.inputs[0]
-    if spec.dtype not in PREDICT_DTYPES:
+    if spec.dtype not in PREDICT_DTYPES or PREDICT_DTYPES[spec.dtype].is_bytes:
         raise TargetError(
             f"model {model!r}: input dtype {spec.dtype} is not supported by the load tester"
         )
@@ -78,7 +79,7 @@ async def fetch_signature(
         model=model,
         version=info.version,
         input_name=spec.name,
-        dtype=PREDICT_DTYPES[spec.dtype].name,
+        dtype=PREDICT_DTYPES[spec.dtype].numpy.name,
         sample_shape=_sample_shape(model, list(spec.shape)),
         input_range=input_range,
         task=info.task,
@@ -108,14 +109,15 @@ async def _fetch_kserve_signature(
     if not info.inputs:
         raise TargetError(f"model {model!r}: the server describes no input")
     spec = info.inputs[0]
-    if KSERVE_DTYPES.get(spec.datatype) not in PREDICT_DTYPE_OF:  # the Predict API's dtypes only
+    datatype = BY_WIRE.get(spec.datatype)
+    if datatype is None or datatype.is_bytes:  # numeric inputs only
         raise TargetError(f"model {model!r}: input datatype {spec.datatype} is not supported")
     LOGGER.info("server has no GetModel; using KServe ModelMetadata (no input range known)")
     return ModelSignature(
         model=model,
         version=int(info.versions[-1]) if info.versions and info.versions[-1].isdigit() else 0,
         input_name=spec.name,
-        dtype=KSERVE_DTYPES[spec.datatype].name,
+        dtype=datatype.numpy.name,
         sample_shape=_sample_shape(model, list(spec.shape)),
         input_range=None,
         task="",

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from model_repository.datatypes import BY_NUMPY
 from protos import grpc_service_pb2, predict_pb2
 from serving import client
 from serving.loadtest.inputs import ModelSignature
-from serving.tensors import KSERVE_DTYPE_OF
 
 # Tag of ModelInferRequest.id (field 3, length-delimited): (3 << 3) | 2.
 _REQUEST_ID_TAG = b"\x1a"
@@ -48,7 +48,7 @@ def kserve_request(signature: ModelSignature, batch: np.ndarray, version: int) -
         inputs=[
             grpc_service_pb2.ModelInferRequest.InferInputTensor(
                 name=signature.input_name,
-                datatype=KSERVE_DTYPE_OF[array.dtype],
+                datatype=BY_NUMPY[array.dtype].wire,
                 shape=list(array.shape),
             )
         ],

@@ -99,7 +99,11 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
         for i, (doubled, summed) in enumerate(results):
             np.testing.assert_array_equal(doubled, rows(i, i + 0.5) * 2)
             np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
-        assert (batcher.requests, batcher.rows, batcher.executions) == (10, 20, 1)
+        assert (
+            batcher.statistics.requests,
+            batcher.statistics.inference_count,
+            batcher.statistics.execution_count,
+        ) == (10, 20, 1)
         assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
         await batcher.close()
 

@@ -72,7 +72,7 @@ f32 = predict_pb2.FLOAT32
         ({"shape": [1, 1, 8, 7], "dtype": f32, "data": bytes(224)}, "has shape [1, 1, 8, 7]"),
         (
             {"shape": [2, 1, 8, 8], "dtype": f32, "data": bytes(256)},
-            "has 256 bytes of data; shape [2, 1, 8, 8] of float32 needs 512",
+            "has 256 bytes of data; shape [2, 1, 8, 8] of FP32 needs 512",
         ),
         ({"shape": [0, 1, 8, 8], "dtype": f32, "data": b""}, "empty batch"),
         (
@@ -140,7 +140,11 @@ def kserve_request(**overrides) -> pb.ModelInferRequest:
             grpc.StatusCode.INVALID_ARGUMENT,
             "model_version is 'v1'",
         ),
-        (kserve_request(name="x"), grpc.StatusCode.INVALID_ARGUMENT, "expects one input 'input'"),
+        (
+            kserve_request(name="x"),
+            grpc.StatusCode.INVALID_ARGUMENT,
+            "request has input 'x'; model 'mlp' v1 expects 'input'",
+        ),
         (
             kserve_request(datatype="INT64"),
             grpc.StatusCode.INVALID_ARGUMENT,

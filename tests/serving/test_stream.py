@@ -14,13 +14,14 @@ from pathlib import Path
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2 as pb
 from serving.batcher import Batcher, BatchingPolicy
 from serving.config import BatchingOverrides
 from serving.kserve_service import MAX_STREAM_INFLIGHT, InferenceService
 from serving.metrics import ServingMetrics
 from serving.repository import READY, Model, ModelVersion, Repository
-from serving.tensors import TensorSpec
+from serving.tensors import RequestSchema, TensorSpec
 
 FEATURES = 4
 
@@ -33,26 +34,32 @@ class HeldModel:
         self.release.set()
         self.calls = 0
 
-    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         self.calls += 1
         if not self.release.wait(10):
             raise RuntimeError("the test never released the model")
-        return [batch * 2]
+        return [batch[0] * 2]
 
 
 def add_version(repository: Repository, name: str, run: HeldModel) -> ModelVersion:
-    spec = TensorSpec("input", np.dtype("<f4"), (-1, FEATURES))
+    fp32 = BY_WIRE["FP32"]
     version = ModelVersion(
         name=name,
         version=1,
         path=Path(name),
-        policy=BatchingPolicy(enabled=False, max_batch_size=0),
+        policy=BatchingPolicy(enabled=False, max_batch_size=64),
         metrics=repository.metrics.for_version(name, 1),
         state=READY,
-        input=spec,
-        outputs=(TensorSpec("output", np.dtype("<f4"), (-1, FEATURES)),),
+        schema=RequestSchema(
+            model=f"model '{name}' v1",
+            inputs=(TensorSpec("input", fp32, (-1, FEATURES)),),
+            batched=True,
+            max_rows=64,
+            finite=True,
+        ),
+        outputs=(TensorSpec("output", fp32, (-1, FEATURES)),),
         output_index={"output": 0},
-        kserve_outputs=[("output", 0, "FP32")],
+        kserve_outputs=[("output", 0, "FP32", 0)],
     )
     version.batcher = Batcher(run, version.policy, name=version.description)
     version.batcher.start()
@@ -171,7 +178,7 @@ def test_one_stream_admits_at_most_the_window_then_waits_for_answers(tmp_path):
         model.release.set()
         ids = [(await first).infer_response.id] + [r.infer_response.id async for r in responses]
         assert sorted(ids) == sorted(f"r{i}" for i in range(total))
-        assert version.batcher.executions == total
+        assert version.batcher.statistics.execution_count == total
 
     asyncio.run(scenario())
 
@@ -192,6 +199,8 @@ def test_requests_still_queued_when_the_stream_ends_are_cancelled(tmp_path):
         model.release.set()
         await wait_for(lambda: requests_total(metrics, "m", "CANCELLED") == 3)
         await version.batcher.close(5)
-        assert version.batcher.executions == 1  # the queued two were dropped, not run
+        assert (
+            version.batcher.statistics.execution_count == 1
+        )  # the queued two were dropped, not run
 
     asyncio.run(scenario())

@@ -26,11 +26,11 @@ from torch import nn
 from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import format_config, read_config
+from model_repository.signature import config_mismatches, signature_from_session
 from protos import model_config_pb2
 from training import export, publish
 from training.export import ExportError, ExportSettings, export_trained_model
 from training.result import TrainedModel
-from training.signature import config_mismatches, signature_from_onnx
 
 ALL_METADATA_KEYS = (
     meta.KIND,
@@ -174,8 +174,8 @@ def test_config_pbtxt_parses_with_text_format_into_model_config(exported) -> Non
     linear = read_config(layout.config_path(repository, "linear"))
     assert linear.input[0].format == model_config_pb2.ModelInput.FORMAT_NONE
     assert list(linear.input[0].dims) == [2] and list(linear.output[0].dims) == [1]
-    graph = onnx.load(str(layout.model_path(repository, "mlp", 1)))
-    assert config_mismatches(config, signature_from_onnx(graph), "mlp") == []
+    graph = ort.InferenceSession(str(layout.model_path(repository, "mlp", 1)))
+    assert config_mismatches(config, signature_from_session(graph), "mlp") == []
 
 
 def test_version_dir_holds_metrics_and_artifacts(exported) -> None:
