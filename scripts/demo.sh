@@ -15,7 +15,7 @@ step "1/6 train and export linear, softmax and mlp into $MODELS/"
 $PY -m training --model all --out "$MODELS"
 
 step "2/6 verify every version in the repository"
-$PY -m training.verify "$MODELS"
+$PY -m model_repository.verify "$MODELS"
 
 step "3/6 start the server on $HOST:$GRPC_PORT (metrics on :$METRICS_PORT, log in $LOG)"
 $PY -m serving --model-repository "$MODELS" --host "$HOST" --grpc-port "$GRPC_PORT" \
