@@ -19,6 +19,7 @@ from serving_support import (
 )
 
 from model_repository import layout
+from model_repository.config import format_config, read_config
 from protos import predict_pb2
 from serving.client import Client, predict_request
 
@@ -94,6 +95,32 @@ def test_corrupt_version_is_logged_and_skipped_while_the_previous_keeps_serving(
     assert "event=model_load_failed model=mlp version=9" in process.log()
     shutil.rmtree(repository / "mlp" / "9")
     wait_for(lambda: 9 not in states(client, "mlp"), what="v9 forgotten")
+
+
+def test_config_that_disagrees_with_a_new_graph_fails_it_while_the_old_one_serves(watched):
+    process, repository, client = watched
+    before = client.get_model("mlp").version
+    config_file = layout.config_path(repository, "mlp")
+    original = config_file.read_text()
+    config = read_config(config_file)
+    del config.input[0].dims[:]
+    config.input[0].dims.extend([1, 9, 9])
+    config_file.write_text(format_config(config))
+    staging = repository / f"{layout.STAGING_PREFIX}mismatch"
+    staging.mkdir()
+    shutil.copy(layout.model_path(repository, "mlp", before), staging / layout.MODEL_FILENAME)
+    staging.rename(repository / "mlp" / "10")
+    try:
+        wait_for(lambda: states(client, "mlp").get(10) == predict_pb2.FAILED, what="v10 failed")
+        info = client.get_model("mlp")
+        reason = next(v.reason for v in info.versions if v.version == 10)
+        assert "config input 'input' dims are [1, 9, 9]; the graph has [1, 8, 8]" in reason
+        assert info.version == before
+        assert client.predict("mlp", ROW).version == before
+    finally:
+        config_file.write_text(original)
+        shutil.rmtree(repository / "mlp" / "10")
+    wait_for(lambda: 10 not in states(client, "mlp"), what="v10 forgotten")
 
 
 def test_model_is_unavailable_while_loading_then_ready(watched):
