@@ -11,16 +11,39 @@ Hierarchy::
     └── DeadlineExpiredError     DEADLINE_EXCEEDED: the caller's deadline passed while queued
 
 Messages name what was received and what was expected, because they travel to the
-caller verbatim as the gRPC status details.
+caller as the gRPC status details. Strings a client sent are echoed through ``clip`` and a
+whole message is capped at ``MAX_MESSAGE_CHARS``: status details travel in trailing
+metadata, and a 20 KB model name echoed verbatim would exceed gRPC's metadata limit and
+reach the client as RESOURCE_EXHAUSTED instead of its real status.
 """
 
 from __future__ import annotations
 
 import grpc
 
+# Longest client string echoed in a message, and longest message.
+MAX_ECHO_CHARS = 200
+MAX_MESSAGE_CHARS = 1000
+
+
+def clip(text: str, limit: int = MAX_ECHO_CHARS) -> str:
+    """``text`` cut to about ``limit`` characters, saying how much was left out."""
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}...({len(text) - limit} more characters)"
+
 
 class ServingError(Exception):
     """Root of every error this package raises on purpose."""
+
+    def __str__(self) -> str:
+        # Keeps head and tail, so both what was received and what was expected survive.
+        text = super().__str__()
+        if len(text) <= MAX_MESSAGE_CHARS:
+            return text
+        head = MAX_MESSAGE_CHARS * 3 // 4
+        tail = MAX_MESSAGE_CHARS // 5
+        return f"{text[:head]}...({len(text) - head - tail} characters cut)...{text[-tail:]}"
 
 
 class SettingsError(ServingError):
