@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
@@ -21,26 +22,19 @@ import numpy as np
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
+from serving.admission import Admission
 from serving.batcher import Outputs
 from serving.errors import InvalidInputError, ServingError, status_code
 from serving.repository import PLATFORM, READY, ModelVersion, Repository
 from serving.tensors import TensorSpec, decode_kserve
 from serving.unary import abort_unresolved, count_unresolved, infer_unary
+from serving.versions import parse_version
 
 LOGGER = logging.getLogger(__name__)
 
 SERVER_NAME = "d2lserve"
 UNARY = "kserve"
 STREAM = "stream"
-
-
-def parse_version(text: str) -> int:
-    """KServe versions are strings; "" means the default version."""
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInputError(f"model_version is {text!r}; expected a positive integer or ''")
-    return int(text)
 
 
 def _requested_outputs(
@@ -215,9 +209,16 @@ def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
 class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 service over the same repository and batchers as Predict."""
 
-    def __init__(self, repository: Repository, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        ready: Callable[[], bool],
+        admission: Admission | None = None,
+    ) -> None:
         self._repository = repository
         self._ready = ready
+        # Stream messages take slots of the server-wide admission, like unary calls.
+        self._admission = admission or Admission(sys.maxsize)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -324,7 +325,29 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 future.cancel()
 
     def _admit(self, request: pb.ModelInferRequest, stream: _Stream) -> None:
-        """Resolve, validate and queue one stream request without waiting for it."""
+        """Admit, resolve, validate and queue one stream request without waiting for it.
+
+        Whatever goes wrong answers this request (its id kept) and the stream goes on: a
+        request left unanswered would keep the writer waiting for ever.
+        """
+        admission = self._admission
+        admitted_at = admission.try_acquire(STREAM)
+        if admitted_at is None:
+            stream.respond(_stream_error(admission.refusal(), request.id))
+            return
+        try:
+            future = self._queue(request, stream)
+        except Exception as error:  # a bug here must not hang the stream
+            LOGGER.error("event=stream_admit_failed error=%r", error, exc_info=error)
+            stream.respond(_stream_error(f"internal error: {error!r}", request.id))
+            future = None
+        if future is None:
+            admission.release(admitted_at)
+        else:
+            future.add_done_callback(lambda _: admission.release(admitted_at))
+
+    def _queue(self, request: pb.ModelInferRequest, stream: _Stream) -> asyncio.Future | None:
+        """Queue one stream request; None when it was answered with an error at once."""
         started = perf_counter()
         try:
             version = self._repository.resolve(
@@ -333,7 +356,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             count_unresolved(self._repository, STREAM, request.model_name, error)
             stream.respond(_stream_error(str(error), request.id))
-            return
+            return None
         rows = 0
         try:
             array, names = decode_infer_request(request, version)
@@ -345,6 +368,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 STREAM, status_code(error).name, perf_counter() - started, rows
             )
             stream.respond(_stream_error(str(error), request.id))
-            return
+            return None
         stream.running.add(future)
         future.add_done_callback(_Pending(stream, version, names, request.id, rows, started).finish)
+        return future
