@@ -7,6 +7,7 @@ Hierarchy::
     ├── ModelNotFoundError       NOT_FOUND: unknown model or version
     ├── InvalidInputError        INVALID_ARGUMENT: dtype, shape, byte length, rows, NaN/Inf, ...
     ├── QueueFullError           RESOURCE_EXHAUSTED: the batch queue is at max_queue_size
+    ├── QueueTimeoutError        UNAVAILABLE: queued longer than the queue policy's timeout
     ├── ModelUnavailableError    UNAVAILABLE: loading, failed, or being unloaded
     └── DeadlineExpiredError     DEADLINE_EXCEEDED: the caller's deadline passed while queued
 
@@ -62,6 +63,10 @@ class QueueFullError(ServingError):
     """The model's batch queue is full: refused at admission instead of growing memory."""
 
 
+class QueueTimeoutError(ServingError):
+    """A request waited in the batch queue longer than the model's queue policy allows."""
+
+
 class ModelUnavailableError(ServingError):
     """The model exists but cannot serve right now (loading, failed or unloading)."""
 
@@ -75,6 +80,7 @@ _STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
     QueueFullError: grpc.StatusCode.RESOURCE_EXHAUSTED,
     ModelUnavailableError: grpc.StatusCode.UNAVAILABLE,
+    QueueTimeoutError: grpc.StatusCode.UNAVAILABLE,  # as Triton: "Request timeout expired"
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
 

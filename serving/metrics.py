@@ -36,7 +36,7 @@ LOGGER = logging.getLogger(__name__)
 NAMESPACE = "d2lserve"
 APIS = ("predict", "kserve", "stream")
 MODEL_STATES = ("loading", "ready", "failed")
-DROP_REASONS = ("deadline", "cancelled")
+DROP_REASONS = ("deadline", "cancelled", "queue_timeout")
 STATUS_CODES = frozenset(code.name for code in grpc.StatusCode)
 UNKNOWN_MODEL = "_unknown"
 # Sub-millisecond (a small MLP on CPU) up to seconds (a big batch on a slow host).
@@ -161,7 +161,8 @@ class _Families:
         )
         self.dropped = Counter(
             "dropped_requests_total",
-            "Queued requests dropped before execution (deadline expired or client cancelled).",
+            "Queued requests dropped before execution (deadline expired, client cancelled, or "
+            "queued longer than the queue policy's timeout).",
             [*_MV, "reason"],
             **common,
         )

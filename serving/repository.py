@@ -68,6 +68,12 @@ def batching_policy(config: ModelConfig | None, overrides: BatchingOverrides) ->
         dynamic.default_queue_policy.max_queue_size if dynamic is not None else 0
     )
     groups = sum(g.count for g in config.instance_group) if config is not None else 0
+    # Triton's queue policy: DELAY keeps a timed-out request queued; our one FIFO queue
+    # serves it in turn, so only REJECT has an effect.
+    queue_policy = dynamic.default_queue_policy if dynamic is not None else None
+    timeout_us = 0
+    if queue_policy is not None and queue_policy.timeout_action == queue_policy.REJECT:
+        timeout_us = queue_policy.default_timeout_microseconds
     return BatchingPolicy(
         enabled=overrides.enabled and has_dynamic and max_batch > 0,
         max_batch_size=max_batch,
@@ -75,6 +81,7 @@ def batching_policy(config: ModelConfig | None, overrides: BatchingOverrides) ->
         max_queue_delay_microseconds=delay,
         max_queue_size=queue or DEFAULT_MAX_QUEUE_SIZE,
         instances=overrides.instances or groups or 1,
+        queue_timeout_microseconds=timeout_us,
     )
 
 

@@ -1,0 +1,171 @@
+"""Admission control, the queue policy's timeout and the event-loop lag monitor, in process."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from protos import model_config_pb2 as mc
+from serving.admission import MAX_RETRY_AFTER_MS, Admission, default_limit
+from serving.batcher import Batcher, BatchingPolicy
+from serving.config import BatchingOverrides
+from serving.errors import QueueTimeoutError, SettingsError, status_code
+from serving.loop_monitor import LoopMonitor
+from serving.metrics import ServingMetrics
+from serving.repository import batching_policy
+
+
+class Refusals:
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str]] = []
+
+    def refused(self, api: str, reason: str) -> None:
+        self.seen.append((api, reason))
+
+
+def test_admission_refuses_past_the_limit_and_a_release_makes_room():
+    refusals = Refusals()
+    admission = Admission(2, refusals)
+    first, second = admission.try_acquire("predict"), admission.try_acquire("kserve")
+    assert first is not None and second is not None
+    assert admission.try_acquire("stream") is None
+    assert refusals.seen == [("stream", "concurrency_limit")]
+    assert "limit (--max-concurrent-rpcs) is 2" in admission.refusal()
+    admission.release(first)
+    assert admission.admitted == 1
+    assert admission.try_acquire("predict") is not None
+    assert 1 <= admission.retry_after_ms <= MAX_RETRY_AFTER_MS
+
+
+def test_the_retry_hint_follows_how_long_requests_hold_their_slot():
+    admission = Admission(1)
+    for _ in range(200):  # requests that held their slot 0.4 s
+        admission.release(admission.try_acquire("predict") - 0.4)
+    assert 350 <= admission.retry_after_ms <= 450
+
+
+def test_the_default_limit_is_what_the_batchers_can_hold():
+    policies = [
+        BatchingPolicy(max_batch_size=64, max_queue_size=1024, instances=2),
+        BatchingPolicy(enabled=False, max_batch_size=0, max_queue_size=10),
+    ]
+    assert default_limit(policies) == 1024 + 2 * 64 + 10 + 1
+    assert default_limit([]) == 64  # the floor, while nothing is loaded
+
+
+class HeldModel:
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+        self.running.set()
+        assert self.release.wait(10)
+        return [batch]
+
+
+def test_a_request_queued_longer_than_the_queue_timeout_is_refused_before_execution():
+    async def body() -> None:
+        dropped: list[str] = []
+        model = HeldModel()
+        policy = BatchingPolicy(max_batch_size=1, queue_timeout_microseconds=50_000)
+        metrics = ServingMetrics(CollectorRegistry()).for_version("fake", 1)
+        metrics.dropped = dropped.append  # type: ignore[method-assign]
+        batcher = Batcher(model, policy, name="model 'fake' v1", metrics=metrics)
+        batcher.start()
+        running = batcher.submit(np.ones((1, 2), np.float32))
+        while not model.running.is_set():
+            await asyncio.sleep(0.001)
+        waiting = batcher.submit(np.ones((1, 2), np.float32))
+        await asyncio.sleep(0.1)  # twice the queue timeout
+        model.release.set()
+        await running
+        with pytest.raises(QueueTimeoutError, match="default_timeout_microseconds is 50000"):
+            await waiting
+        assert dropped == ["queue_timeout"]
+        assert status_code(QueueTimeoutError("x")).name == "UNAVAILABLE"  # as Triton
+        await batcher.close()
+
+    asyncio.run(asyncio.wait_for(body(), 20))
+
+
+def config_with_queue_policy(action: int | None, timeout_us: int = 3000) -> mc.ModelConfig:
+    config = mc.ModelConfig(name="m", max_batch_size=8)
+    config.dynamic_batching.max_queue_delay_microseconds = 100
+    if action is not None:
+        queue = config.dynamic_batching.default_queue_policy
+        queue.timeout_action = action
+        queue.default_timeout_microseconds = timeout_us
+        queue.max_queue_size = 7
+    return config
+
+
+def test_the_queue_policy_comes_from_config_pbtxt():
+    policy = batching_policy(
+        config_with_queue_policy(mc.ModelQueuePolicy.REJECT), BatchingOverrides()
+    )
+    assert (policy.queue_timeout_microseconds, policy.max_queue_size) == (3000, 7)
+    # DELAY keeps a timed-out request queued: our FIFO queue then serves it in turn.
+    delayed = batching_policy(
+        config_with_queue_policy(mc.ModelQueuePolicy.DELAY), BatchingOverrides()
+    )
+    assert delayed.queue_timeout_microseconds == 0
+    assert (
+        batching_policy(
+            config_with_queue_policy(None), BatchingOverrides()
+        ).queue_timeout_microseconds
+        == 0
+    )
+    with pytest.raises(SettingsError, match="queue_timeout_microseconds"):
+        BatchingPolicy(queue_timeout_microseconds=-1)
+
+
+def test_the_loop_monitor_sees_a_blocked_event_loop():
+    async def body() -> list[float]:
+        lags: list[float] = []
+        monitor = LoopMonitor(lags.append, interval=0.01)
+        monitor.start()
+        await asyncio.sleep(0.05)
+        time.sleep(0.3)  # a handler hogging the loop
+        await asyncio.sleep(0.05)
+        await monitor.stop()
+        return lags
+
+    lags = asyncio.run(body())
+    assert max(lags) >= 0.2
+    assert min(lags) < 0.1
+
+
+def test_overload_metrics_are_exported_and_cost_nothing_when_disabled():
+    metrics = ServingMetrics(CollectorRegistry())
+    admission = Admission(3, metrics)
+    metrics.watch_admission(lambda: admission.admitted, lambda: admission.limit)
+    held = [admission.try_acquire("predict") for _ in range(3)]
+    assert admission.try_acquire("kserve") is None
+    metrics.refused("stream", "undecodable")
+    metrics.loop_lag(0.02)
+    value = metrics.registry.get_sample_value
+    assert value("d2lserve_admitted_requests") == 3
+    assert value("d2lserve_admission_limit") == 3
+    assert (
+        value("d2lserve_refused_requests_total", {"api": "kserve", "reason": "concurrency_limit"})
+        == 1
+    )
+    assert value("d2lserve_refused_requests_total", {"api": "stream", "reason": "undecodable"}) == 1
+    assert (
+        value("d2lserve_refused_requests_total", {"api": "predict", "reason": "undecodable"}) == 0
+    )
+    assert value("d2lserve_event_loop_lag_seconds_count") == 1
+    for admitted_at in held:
+        admission.release(admitted_at)
+    assert value("d2lserve_admitted_requests") == 0
+    off = ServingMetrics(CollectorRegistry(), enabled=False)
+    off.watch_admission(lambda: 1, lambda: 1)
+    off.refused("predict", "concurrency_limit")
+    off.loop_lag(1.0)
+    assert off.registry.get_sample_value("d2lserve_admitted_requests") is None
