@@ -331,8 +331,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         request left unanswered would keep the writer waiting for ever.
         """
         admission = self._admission
-        admitted_at = admission.try_acquire(STREAM)
-        if admitted_at is None:
+        if not admission.try_acquire(STREAM):
             stream.respond(_stream_error(admission.refusal(), request.id))
             return
         try:
@@ -342,9 +341,9 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             stream.respond(_stream_error(f"internal error: {error!r}", request.id))
             future = None
         if future is None:
-            admission.release(admitted_at)
+            admission.release()
         else:
-            future.add_done_callback(lambda _: admission.release(admitted_at))
+            future.add_done_callback(lambda _: admission.release())
 
     def _queue(self, request: pb.ModelInferRequest, stream: _Stream) -> asyncio.Future | None:
         """Queue one stream request; None when it was answered with an error at once."""

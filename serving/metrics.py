@@ -186,14 +186,16 @@ class _Families:
         self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
         # Overload, seen where it happens: in front of the handlers (serving/admission.py,
         # serving/wire.py) and on the event loop (serving/loop_monitor.py).
-        self.admitted = Gauge(
-            "admitted_requests",
-            "Inference requests (unary calls, stream messages) admitted and not yet answered.",
+        self.calls_in_server = Gauge(
+            "calls_in_server",
+            "Calls inside the server as admission control counts them: received by gRPC "
+            "(those not yet handed to a handler included) and not finished.",
             **common,
         )
         self.admission_limit = Gauge(
             "admission_limit",
-            "Most inference requests admitted at once (--max-concurrent-rpcs).",
+            "Most calls in the server before inference requests are refused "
+            "(--max-concurrent-rpcs).",
             **common,
         )
         self.refused = Counter(
@@ -487,11 +489,11 @@ class ServingMetrics:
 
     # -- overload (admission, undecodable requests, event-loop lag) ------------------------
 
-    def watch_admission(self, admitted: Callable[[], float], limit: Callable[[], float]) -> None:
-        """Export the admitted count and the limit, read at scrape time (no request cost)."""
+    def watch_admission(self, in_server: Callable[[], float], limit: Callable[[], float]) -> None:
+        """Export the calls in the server and the limit, read at scrape time (no request cost)."""
         if self._families is None:
             return
-        self._families.admitted.set_function(admitted)
+        self._families.calls_in_server.set_function(in_server)
         self._families.admission_limit.set_function(limit)
         for api in APIS:
             for reason in REFUSAL_REASONS:

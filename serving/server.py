@@ -14,7 +14,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
-from serving.admission import Admission, default_limit
+from serving.admission import Admission, default_limit, sample_core_calls
 from serving.config import ServerSettings
 from serving.errors import SettingsError
 from serving.kserve_service import InferenceService
@@ -105,7 +105,7 @@ class Server:
         self.admission = Admission(
             settings.max_concurrent_rpcs or default_limit(()), refused=self.metrics
         )
-        self.metrics.watch_admission(lambda: self.admission.admitted, lambda: self.admission.limit)
+        self.metrics.watch_admission(self.admission.in_server, lambda: self.admission.limit)
         self.loop_monitor = LoopMonitor(self.metrics.loop_lag)
         self._ready = False
         self._stopping = asyncio.Event()
@@ -152,6 +152,8 @@ class Server:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # Refuse a port another process holds instead of silently sharing it.
                 ("grpc.so_reuseport", 0),
+                # Admission counts the calls in the core through channelz (on by default).
+                ("grpc.enable_channelz", 1),
             ],
         )
         # Our services take raw bytes and decode (and admit) them in serving/wire.py.
@@ -192,6 +194,7 @@ class Server:
             await self.health.set(name, NOT_SERVING)
         self._grpc = self._build()
         self.loop_monitor.start()
+        core_calls = loop.create_task(sample_core_calls(self.admission), name="core calls")
         await self._grpc.start()
         LOGGER.info(
             "event=listening address=%s:%d tls=%s auth=%s max_message_bytes=%d "
@@ -224,6 +227,7 @@ class Server:
                 )
             await self._stopping.wait()
         finally:
+            core_calls.cancel()
             await self._shutdown(watcher)
         return 0
 

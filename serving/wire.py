@@ -144,8 +144,7 @@ class Guard:
             return unary
 
         async def admitted_unary(raw: bytes, context: grpc.aio.ServicerContext) -> Any:
-            admitted_at = admission.try_acquire(label)
-            if admitted_at is None:
+            if not admission.try_acquire(label):
                 await context.abort(
                     grpc.StatusCode.RESOURCE_EXHAUSTED,
                     admission.refusal(),
@@ -154,7 +153,7 @@ class Guard:
             try:
                 return await behavior(await decode(raw, context), context)
             finally:
-                admission.release(admitted_at)
+                admission.release()
 
         return admitted_unary
 

@@ -11,7 +11,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protos import model_config_pb2 as mc
-from serving.admission import MAX_RETRY_AFTER_MS, Admission, default_limit
+from serving.admission import (
+    MAX_RETRY_AFTER_MS,
+    Admission,
+    default_limit,
+    grpc_core_calls,
+    sample_core_calls,
+)
 from serving.batcher import Batcher, BatchingPolicy
 from serving.config import BatchingOverrides
 from serving.errors import QueueTimeoutError, SettingsError, status_code
@@ -31,22 +37,66 @@ class Refusals:
 def test_admission_refuses_past_the_limit_and_a_release_makes_room():
     refusals = Refusals()
     admission = Admission(2, refusals)
-    first, second = admission.try_acquire("predict"), admission.try_acquire("kserve")
-    assert first is not None and second is not None
-    assert admission.try_acquire("stream") is None
+    assert admission.try_acquire("predict") and admission.try_acquire("kserve")
+    assert not admission.try_acquire("stream")
     assert refusals.seen == [("stream", "concurrency_limit")]
-    assert "limit (--max-concurrent-rpcs) is 2" in admission.refusal()
-    admission.release(first)
+    assert "the limit (--max-concurrent-rpcs) is 2" in admission.refusal()
+    admission.release()
     assert admission.admitted == 1
-    assert admission.try_acquire("predict") is not None
-    assert 1 <= admission.retry_after_ms <= MAX_RETRY_AFTER_MS
+    assert admission.try_acquire("predict")
 
 
-def test_the_retry_hint_follows_how_long_requests_hold_their_slot():
-    admission = Admission(1)
-    for _ in range(200):  # requests that held their slot 0.4 s
-        admission.release(admission.try_acquire("predict") - 0.4)
-    assert 350 <= admission.retry_after_ms <= 450
+def test_calls_waiting_in_the_grpc_core_count_against_the_limit():
+    admission = Admission(10)
+    admission.sample(core_calls=11, seconds=0.02)  # 11 received, none in a handler yet
+    assert not admission.try_acquire("predict")  # refusing it makes room: 10 left
+    assert admission.in_server() == 10
+    assert admission.try_acquire("predict")  # 10 in the server, this one among them
+    admission.release()
+    assert admission.in_server() == 9
+
+
+def serve_and_refuse(admission: Admission, served: int, refused: int) -> None:
+    """One 20 ms sample period: ``served`` requests admitted and answered, then a backlog."""
+    admission.core_calls = 0
+    for _ in range(served):
+        assert admission.try_acquire("predict")
+        admission.release()
+    admission.core_calls = 10_000  # a backlog in the core: what comes now is refused
+    for _ in range(refused):
+        assert not admission.try_acquire("predict")
+    admission.sample(core_calls=0 if refused == 0 else 10_000, seconds=0.02)
+
+
+def test_the_retry_hint_is_the_time_to_serve_the_limit():
+    admission = Admission(100)
+    assert admission.retry_after_ms == 1  # nothing served yet
+    for _ in range(40):  # 50 requests served per 0.02 s sample: 2,500 requests/s
+        serve_and_refuse(admission, 50, 0)
+    assert 38 <= admission.retry_after_ms <= 42  # 100 requests at 2,500/s: 40 ms
+    # Refusals outnumber a quarter of what is served: the hint grows to push clients back.
+    for _ in range(60):
+        serve_and_refuse(admission, 50, 30)
+    assert admission.retry_after_ms == MAX_RETRY_AFTER_MS
+    for _ in range(200):  # no more refusals: back to the time to serve the limit
+        serve_and_refuse(admission, 50, 0)
+    assert admission.retry_after_ms < 45
+
+
+def test_the_core_sampler_feeds_admission_and_stops_when_channelz_is_unreadable():
+    async def body() -> None:
+        admission = Admission(5)
+        readings = iter([7, 3, None])
+        await asyncio.wait_for(
+            sample_core_calls(admission, interval=0.001, read=lambda: next(readings)), 5
+        )
+        assert admission.core_calls == 3
+
+    asyncio.run(body())
+
+
+def test_channelz_counts_the_calls_of_a_real_grpc_server():
+    assert grpc_core_calls() is not None
 
 
 def test_the_default_limit_is_what_the_batchers_can_hold():
@@ -144,13 +194,13 @@ def test_the_loop_monitor_sees_a_blocked_event_loop():
 def test_overload_metrics_are_exported_and_cost_nothing_when_disabled():
     metrics = ServingMetrics(CollectorRegistry())
     admission = Admission(3, metrics)
-    metrics.watch_admission(lambda: admission.admitted, lambda: admission.limit)
-    held = [admission.try_acquire("predict") for _ in range(3)]
-    assert admission.try_acquire("kserve") is None
+    metrics.watch_admission(admission.in_server, lambda: admission.limit)
+    assert all(admission.try_acquire("predict") for _ in range(3))
+    assert not admission.try_acquire("kserve")
     metrics.refused("stream", "undecodable")
     metrics.loop_lag(0.02)
     value = metrics.registry.get_sample_value
-    assert value("d2lserve_admitted_requests") == 3
+    assert value("d2lserve_calls_in_server") == 3
     assert value("d2lserve_admission_limit") == 3
     assert (
         value("d2lserve_refused_requests_total", {"api": "kserve", "reason": "concurrency_limit"})
@@ -161,11 +211,11 @@ def test_overload_metrics_are_exported_and_cost_nothing_when_disabled():
         value("d2lserve_refused_requests_total", {"api": "predict", "reason": "undecodable"}) == 0
     )
     assert value("d2lserve_event_loop_lag_seconds_count") == 1
-    for admitted_at in held:
-        admission.release(admitted_at)
-    assert value("d2lserve_admitted_requests") == 0
+    for _ in range(3):
+        admission.release()
+    assert value("d2lserve_calls_in_server") == 0
     off = ServingMetrics(CollectorRegistry(), enabled=False)
     off.watch_admission(lambda: 1, lambda: 1)
     off.refused("predict", "concurrency_limit")
     off.loop_lag(1.0)
-    assert off.registry.get_sample_value("d2lserve_admitted_requests") is None
+    assert off.registry.get_sample_value("d2lserve_calls_in_server") is None

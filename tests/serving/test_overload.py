@@ -96,7 +96,7 @@ def test_overload_is_refused_fast_and_admitted_calls_finish_within_budget(limite
         before, "d2lserve_refused_requests_total", **labels
     )
     assert counted == len(refused)
-    assert value(after, "d2lserve_admitted_requests") == 0
+    assert value(after, "d2lserve_calls_in_server") <= 2  # this scrape, a health check
     assert value(after, "d2lserve_admission_limit") == LIMIT
     assert value(after, "d2lserve_event_loop_lag_seconds_count") > 0
 
