@@ -247,3 +247,13 @@ def test_overload_metrics_are_exported_and_cost_nothing_when_disabled():
     off.refused("predict", "concurrency_limit")
     off.loop_lag(1.0)
     assert off.registry.get_sample_value("d2lserve_calls_in_server") is None
+
+
+def test_the_limit_flag_is_validated(tmp_path):
+    from serving.__main__ import settings_from_args
+
+    base = ["--model-repository", str(tmp_path)]
+    assert settings_from_args(base).max_concurrent_rpcs is None  # the default: derived
+    assert settings_from_args([*base, "--max-concurrent-rpcs", "32"]).max_concurrent_rpcs == 32
+    with pytest.raises(SettingsError, match="max_concurrent_rpcs must be >= 1, got 0"):
+        settings_from_args([*base, "--max-concurrent-rpcs", "0"])
