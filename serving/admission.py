@@ -41,7 +41,8 @@ MIN_RETRY_AFTER_MS = 1
 MAX_RETRY_AFTER_MS = 1000
 _SMOOTHING = 0.2  # weight of one sample in the served rate (about the last 5)
 # Refusals per served call above which the retry hint grows.
-REFUSED_SHARE = 0.25
+REFUSED_SHARE = 0.5
+_CAPACITY_DECAY = 0.999  # per sample: the best rate fades by about 5 % a second
 # How often the gRPC core's call count is read (one channelz read costs ~0.3 ms).
 CORE_SAMPLE_INTERVAL_SECONDS = 0.02
 
@@ -71,6 +72,7 @@ class Admission:
 
     __slots__ = (
         "_backoff_s",
+        "_capacity",
         "_left",
         "_left_at_sample",
         "_rate",
@@ -95,6 +97,7 @@ class Admission:
         self._served = 0  # requests admitted and answered, ever
         self._served_at_sample = 0
         self._rate = 0.0  # requests served per second, smoothed over the samples
+        self._capacity = 0.0  # the best recent rate
         self._refusals = 0  # requests refused, ever
         self._refusals_at_sample = 0
         self._backoff_s = 0.0  # the retry hint's share that pushes refused clients back
@@ -132,6 +135,9 @@ class Admission:
         self._refusals_at_sample = self._refusals
         if seconds > 0:
             self._rate += _SMOOTHING * (served / seconds - self._rate)
+        # The best recent rate, not the current one: when refusals keep clients away and the
+        # rate drops, a hint from the current rate would keep them away longer still.
+        self._capacity = max(self._capacity * _CAPACITY_DECAY, self._rate)
         # A refusal costs the server more than half of serving a call: while refusals
         # outnumber REFUSED_SHARE of the calls served, the hint grows (clients that honour
         # it come back later, so fewer refusals steal time from serving); otherwise it
@@ -145,9 +151,9 @@ class Admission:
     def retry_after_ms(self) -> int:
         """When to come back: the time the server needs to serve ``limit`` requests.
 
-        Longer while refusals outnumber a quarter of the calls served.
+        At its best recent rate; longer while refusals outnumber half of the calls served.
         """
-        drain_s = self.limit / self._rate if self._rate > 0 else 0.0
+        drain_s = self.limit / self._capacity if self._capacity > 0 else 0.0
         ms = math.ceil(1000 * max(drain_s, self._backoff_s))
         return min(max(ms, MIN_RETRY_AFTER_MS), MAX_RETRY_AFTER_MS)
 

@@ -75,7 +75,7 @@ def test_the_retry_hint_is_the_time_to_serve_the_limit():
     for _ in range(40):  # 50 requests served per 0.02 s sample: 2,500 requests/s
         serve_and_refuse(admission, 50, 0)
     assert 38 <= admission.retry_after_ms <= 42  # 100 requests at 2,500/s: 40 ms
-    # Refusals outnumber a quarter of what is served: the hint grows to push clients back.
+    # Refusals outnumber half of what is served: the hint grows to push clients back.
     for _ in range(60):
         serve_and_refuse(admission, 50, 30)
     assert admission.retry_after_ms == MAX_RETRY_AFTER_MS
