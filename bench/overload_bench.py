@@ -14,7 +14,8 @@ Three servers, each at every load:
 * ``grpc-limit``: gRPC's own ``maximum_concurrent_rpcs`` at the limit (our limit off).
 
 Server CPU comes from ``/proc/<pid>/stat`` over the measured window; the CPU cost of a
-refusal is solved from the 1x run (served calls only) and the 10x run (served + refused).
+refusal from a last run with a limit of 1 and callers that retry at once (nearly every call
+refused), the few served calls charged at the 1x run's cost per call.
 
     python bench/overload_bench.py                  # ~3 minutes
     python bench/overload_bench.py --quick          # ~1 minute
@@ -82,7 +83,8 @@ async def closed_loop(
                 except grpc.aio.AioRpcError as error:
                     outcome = error.code().name
                     hint = dict(error.trailing_metadata() or ()).get("retry-after-ms")
-                    pause = (float(hint) if hint else backoff_ms) / 1000
+                    if backoff_ms >= 0:  # -1: an impolite client, retrying at once
+                        pause = (float(hint) if hint else backoff_ms) / 1000
                 if measuring:
                     seconds_taken = time.perf_counter() - now
                     if outcome == "OK":
@@ -243,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=4.0, help="measured s (default 4)")
     parser.add_argument("--limit", type=int, default=64, help="admission limit (default 64)")
     parser.add_argument(
-        "--backoff-ms", type=float, default=5.0, help="pause when refused without hint (5)"
+        "--backoff-ms", type=float, default=5.0, help="pause when refused without a hint (5)"
     )
     parser.add_argument(
         "--servers", default="admission,unlimited,grpc-limit", help="comma-separated"
@@ -265,24 +267,31 @@ def main(argv: list[str] | None = None) -> int:
     seconds = 2.0 if args.quick else args.seconds
     loads = tuple(int(x) for x in args.loads.split(","))
     results: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        repository = Path(tmp) / "models"
-        build_repository(repository, wide_hidden=16)
-        for kind in args.servers.split(","):
-            with Server(repository, args.limit, kind, Path(tmp)) as server:
-                runs = []
-                for factor in loads:
-                    run = server.load(args.limit * factor, args.warmup, seconds, args.backoff_ms)
-                    runs.append(run)
-                    print(kind, f"{factor}x", json.dumps(run), file=sys.stderr, flush=True)
-                results[kind] = runs
+    tmp_dir = tempfile.TemporaryDirectory()
+    repository_dir = Path(tmp_dir.name) / "models"
+    build_repository(repository_dir, wide_hidden=16)
+    for kind in args.servers.split(","):
+        with Server(repository_dir, args.limit, kind, Path(tmp_dir.name)) as server:
+            runs = []
+            for factor in loads:
+                run = server.load(args.limit * factor, args.warmup, seconds, args.backoff_ms)
+                runs.append(run)
+                print(kind, f"{factor}x", json.dumps(run), file=sys.stderr, flush=True)
+            results[kind] = runs
     print(report(results, args.limit, loads))
     if "admission" in results:
         runs = results["admission"]
-        cost = refusal_cost(runs[0], runs[-1])
+        # Refusal cost: a limit of 1 and impolite callers (no pause), so nearly every call
+        # is refused; the few served ones are charged at the 1x cost.
+        with Server(repository_dir, 1, "admission", Path(tmp_dir.name)) as server:
+            flood = server.load(args.limit, args.warmup, seconds, -1)
+        results["refusal-flood"] = [flood]
+        cost = refusal_cost(runs[0], flood)
         print(
-            f"\nserver CPU per served call {fmt(cost['served_us'])} us, per refusal "
-            f"{fmt(cost['refused_us'])} us (admission, 1x vs 10x)"
+            f"\nserver CPU per served call {fmt(cost['served_us'])} us (admission 1x), per "
+            f"refusal {fmt(cost['refused_us'])} us (limit 1, {args.limit} callers retrying "
+            f"at once: {flood['refused_per_s']:,.0f} refusals/s, {flood['goodput']:,.0f} "
+            f"served/s, refusal p50 {fmt(flood['refused_p50_ms'], 2)} ms)"
         )
         capacity = runs[0]["goodput"]
         print(
@@ -291,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.json:
         args.json.write_text(json.dumps(results, indent=2))
+    tmp_dir.cleanup()
     return 0
 
 
