@@ -386,6 +386,10 @@ class ServingMetrics:
         self._versions: dict[tuple[str, int], VersionMetrics] = {}
         self._unresolved: dict[tuple[str, str, str], Any] = {}
         self._refused: dict[tuple[str, str], Any] = {}
+        if self._families is not None:  # every refusal series exists from the start
+            for api in APIS:
+                for reason in REFUSAL_REASONS:
+                    self._families.refused.labels(api, reason)
         self._lock = threading.Lock()
         self._httpd: Any = None
 
@@ -495,9 +499,6 @@ class ServingMetrics:
             return
         self._families.calls_in_server.set_function(in_server)
         self._families.admission_limit.set_function(limit)
-        for api in APIS:
-            for reason in REFUSAL_REASONS:
-                self._families.refused.labels(api, reason)
 
     def refused(self, api: str, reason: str) -> None:
         """Count a request refused before reaching a model (``reason`` in REFUSAL_REASONS)."""
