@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 MODEL_FILENAME = "model.onnx"
@@ -13,11 +14,19 @@ PREDICTIONS_FILENAME = "predictions.png"
 STAGING_PREFIX = ".staging-"
 
 
+# Versions are Triton's int64: 1 .. 2**63 - 1.
+MAX_VERSION = 2**63 - 1
+# ASCII digits only ("²".isdigit() is true, and so are other scripts' digits), no leading
+# zero, at most 19 digits.
+_VERSION = re.compile(r"[1-9][0-9]{0,18}", re.ASCII)
+
+
 def parse_version(name: str) -> int | None:
-    """Return the version a directory name stands for, or None when it is not one."""
-    if not name.isdigit() or name.startswith("0"):
+    """Return the version a directory name (or request string) stands for, or None."""
+    if _VERSION.fullmatch(name) is None:
         return None
-    return int(name)
+    number = int(name)
+    return number if number <= MAX_VERSION else None
 
 
 def model_names(repository: Path) -> list[str]:

@@ -98,6 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="largest request or response message (default: %(default)s = 4 MiB)",
     )
     p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        help="inference requests (unary calls, stream messages) admitted at once; more are "
+        "refused with RESOURCE_EXHAUSTED (default: what the models' batch queues and "
+        "running batches can hold)",
+    )
+    p.add_argument(
         "--tls-cert", type=Path, help="PEM certificate chain; enables TLS with --tls-key"
     )
     p.add_argument("--tls-key", type=Path, help="PEM private key")
@@ -146,7 +153,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
-    args = build_parser().parse_args(argv)
+    return settings_from_namespace(build_parser().parse_args(argv))
+
+
+def settings_from_namespace(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         model_repository=args.model_repository,
         host=args.host,
@@ -158,6 +168,7 @@ def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
         load_models=tuple(args.load_model),
         grace_seconds=args.grace_seconds,
         max_message_bytes=args.max_message_bytes,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
         tls_cert=args.tls_cert,
         tls_key=args.tls_key,
         auth_token=args.auth_token or token_from_environment(),
@@ -181,12 +192,19 @@ def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(argv)
+        settings = settings_from_namespace(args)
     except SettingsError as error:
         print(f"python -m serving: error: {error}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level, settings.log_format)
+    if args.auth_token:
+        LOGGER.warning(
+            "event=auth_token_on_command_line: any local user can read it in the process "
+            "list; set $%s instead",
+            AUTH_TOKEN_ENV,
+        )
     from serving.server import Server  # heavy imports (onnxruntime, grpc) after parsing
 
     async def serve() -> int:

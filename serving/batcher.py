@@ -22,7 +22,8 @@ Policy (what the tests in tests/serving/test_batcher.py pin down):
   runs each request alone and hands it the outputs whole.
 * Admission is bounded: past ``max_queue_size`` waiting requests, ``submit`` raises
   QueueFullError at once. Requests whose caller cancelled or whose deadline passed
-  while queued are dropped before execution.
+  while queued are dropped before execution, and so are those that waited longer than
+  the queue policy's timeout (QueueTimeoutError).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ from serving.errors import (
     DeadlineExpiredError,
     ModelUnavailableError,
     QueueFullError,
+    QueueTimeoutError,
     SettingsError,
 )
 from serving.metrics import NOOP_VERSION_METRICS
@@ -77,6 +79,9 @@ class BatchingPolicy:
     max_queue_delay_microseconds: int = 500
     max_queue_size: int = 1024  # waiting requests
     instances: int = 1  # parallel executions
+    # Triton's default_queue_policy.default_timeout_microseconds with timeout_action
+    # REJECT: a request queued longer is refused (UNAVAILABLE) before execution. 0: none.
+    queue_timeout_microseconds: int = 0
 
     def __post_init__(self) -> None:
         # 0 = the model has no batch dimension: requests run alone with their full shapes.
@@ -94,6 +99,10 @@ class BatchingPolicy:
             raise SettingsError(f"max_queue_size must be >= 1, got {self.max_queue_size}")
         if self.instances < 1:
             raise SettingsError(f"instances must be >= 1, got {self.instances}")
+        if self.queue_timeout_microseconds < 0:
+            raise SettingsError(
+                f"queue_timeout_microseconds must be >= 0, got {self.queue_timeout_microseconds}"
+            )
         for size in self.preferred_batch_sizes:
             if not 1 <= size <= self.max_batch_size:
                 raise SettingsError(
@@ -161,6 +170,7 @@ class Batcher:
         self._closing = False
         self._preferred = frozenset(policy.preferred_batch_sizes)
         self._delay = policy.max_queue_delay_microseconds / 1e6
+        self._queue_timeout = policy.queue_timeout_microseconds / 1e6
         # In-flight requests (queued or executing): counted here with plain ints and
         # reported to the gauge once per batch, not twice per request.
         self._admitted = 0
@@ -309,6 +319,18 @@ class Batcher:
                     DeadlineExpiredError(
                         f"deadline expired after {now - item.enqueued:.3f} s in the queue of "
                         f"{self.name}, before execution"
+                    )
+                )
+                continue
+            if self._queue_timeout and now - item.enqueued >= self._queue_timeout:
+                queue.popleft()
+                self._settled += 1
+                self._metrics.dropped("queue_timeout")
+                item.future.set_exception(
+                    QueueTimeoutError(
+                        f"{self.name} is overloaded: the request waited {now - item.enqueued:.3f}"
+                        f" s in its queue, the queue policy's default_timeout_microseconds is "
+                        f"{self.policy.queue_timeout_microseconds}; retry later"
                     )
                 )
                 continue

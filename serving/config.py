@@ -87,6 +87,9 @@ class ServerSettings:
     load_models: tuple[str, ...] = ()  # explicit mode: the models loaded at start
     grace_seconds: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    # Inference requests admitted at once; None: what the loaded batchers can hold
+    # (serving.admission.default_limit), recomputed as models come and go.
+    max_concurrent_rpcs: int | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None
     auth_token: str | None = field(default=None, repr=False)
@@ -116,6 +119,8 @@ class ServerSettings:
             raise SettingsError(f"grace_seconds must be >= 0, got {self.grace_seconds}")
         if self.max_message_bytes < 1024:
             raise SettingsError(f"max_message_bytes must be >= 1024, got {self.max_message_bytes}")
+        if self.max_concurrent_rpcs is not None and self.max_concurrent_rpcs < 1:
+            raise SettingsError(f"max_concurrent_rpcs must be >= 1, got {self.max_concurrent_rpcs}")
         if (self.tls_cert is None) != (self.tls_key is None):
             raise SettingsError("TLS needs both --tls-cert and --tls-key")
         for path in (self.tls_cert, self.tls_key):

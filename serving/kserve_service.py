@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
@@ -21,18 +22,19 @@ from model_repository.signature import PLATFORM
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
+from serving.admission import Admission
 from serving.batcher import Outputs
-from serving.errors import InvalidInputError, ServingError, status_code
+from serving.errors import InvalidInputError, ServingError, clip, status_code
 from serving.repository import READY, ModelVersion, Repository
 from serving.tensors import (
     Decoded,
     TensorSpec,
     classification_strings,
-    clip,
     encode_bytes,
     requested_outputs,
 )
 from serving.unary import abort_unresolved, count_unresolved, infer_unary
+from serving.versions import parse_version
 
 LOGGER = logging.getLogger(__name__)
 
@@ -41,15 +43,6 @@ SERVER_NAME = "d2lserve"
 EXTENSIONS = ["classification", "model_repository", "model_configuration", "statistics"]
 UNARY = "kserve"
 STREAM = "stream"
-
-
-def parse_version(text: str) -> int:
-    """KServe versions are strings; "" means the default version."""
-    if not text:
-        return 0
-    if not text.isdigit() or int(text) < 1:
-        raise InvalidInputError(f"model_version is {text!r}; expected a positive integer or ''")
-    return int(text)
 
 
 # (name, index, datatype, classification k or 0) of an output a request asks for.
@@ -246,9 +239,16 @@ def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
 class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 service over the same repository and batchers as Predict."""
 
-    def __init__(self, repository: Repository, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        ready: Callable[[], bool],
+        admission: Admission | None = None,
+    ) -> None:
         self._repository = repository
         self._ready = ready
+        # Stream messages take slots of the server-wide admission, like unary calls.
+        self._admission = admission or Admission(sys.maxsize)
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -356,7 +356,28 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                 future.cancel()
 
     def _admit(self, request: pb.ModelInferRequest, stream: _Stream) -> None:
-        """Resolve, validate and queue one stream request without waiting for it."""
+        """Admit, resolve, validate and queue one stream request without waiting for it.
+
+        Whatever goes wrong answers this request (its id kept) and the stream goes on: a
+        request left unanswered would keep the writer waiting for ever.
+        """
+        admission = self._admission
+        if not admission.try_acquire(STREAM):
+            stream.respond(_stream_error(admission.refusal(), request.id))
+            return
+        try:
+            future = self._queue(request, stream)
+        except Exception as error:  # a bug here must not hang the stream
+            LOGGER.error("event=stream_admit_failed error=%r", error, exc_info=error)
+            stream.respond(_stream_error(f"internal error: {error!r}", request.id))
+            future = None
+        if future is None:
+            admission.release()
+        else:
+            future.add_done_callback(lambda _: admission.release())
+
+    def _queue(self, request: pb.ModelInferRequest, stream: _Stream) -> asyncio.Future | None:
+        """Queue one stream request; None when it was answered with an error at once."""
         started = perf_counter()
         try:
             version = self._repository.resolve(
@@ -365,7 +386,7 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         except ServingError as error:
             count_unresolved(self._repository, STREAM, request.model_name, error)
             stream.respond(_stream_error(str(error), request.id))
-            return
+            return None
         rows = 0
         decoding = 0.0
         try:
@@ -379,10 +400,11 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
             code = status_code(error).name
             version.finished(STREAM, code, perf_counter() - started, rows, decoding, 0.0)
             stream.respond(_stream_error(str(error), request.id))
-            return
+            return None
         stream.running.add(future)
         pending = _Pending(stream, version, names, request.id, rows, started, decoding)
         future.add_done_callback(pending.finish)
+        return future
 
     # -- Triton's extensions ---------------------------------------------------------
 

@@ -70,6 +70,25 @@ def _pairs(message: str) -> dict[str, str]:
     return fields
 
 
+# grpc.aio's logger, and the record it writes (ERROR, with a traceback) when the core refuses
+# to send on a call whose client has gone: a client cancelling a stream is normal.
+GRPC_AIO_LOGGER = "grpc._cython.cygrpc"
+_CLIENT_GONE_PREFIX = "ExecuteBatchError raised in core"
+
+
+class ClientGoneFilter(logging.Filter):
+    """Turns grpc.aio's ERROR + traceback for a client that went away into one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not str(record.msg).startswith(_CLIENT_GONE_PREFIX):
+            return True
+        logger = logging.getLogger("serving.wire")
+        if logger.isEnabledFor(logging.DEBUG):
+            method = record.args[0] if isinstance(record.args, tuple) and record.args else ""
+            logger.debug("event=client_gone method=%s", method)
+        return False
+
+
 def configure_logging(level: str = "info", fmt: str = "text") -> None:
     """Send every log record to stderr in the chosen format, replacing other handlers."""
     handler = logging.StreamHandler(sys.stderr)
@@ -77,3 +96,6 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    grpc_logger = logging.getLogger(GRPC_AIO_LOGGER)
+    if not any(isinstance(f, ClientGoneFilter) for f in grpc_logger.filters):
+        grpc_logger.addFilter(ClientGoneFilter())

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 import grpc
@@ -35,7 +36,7 @@ LOGGER = logging.getLogger(__name__)
 NAMESPACE = "d2lserve"
 APIS = ("predict", "kserve", "stream")
 MODEL_STATES = ("loading", "ready", "failed")
-DROP_REASONS = ("deadline", "cancelled")
+DROP_REASONS = ("deadline", "cancelled", "queue_timeout")
 STATUS_CODES = frozenset(code.name for code in grpc.StatusCode)
 UNKNOWN_MODEL = "_unknown"
 # Sub-millisecond (a small MLP on CPU) up to seconds (a big batch on a slow host).
@@ -60,6 +61,22 @@ LATENCY_BUCKETS_SECONDS = (
 BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
 
 _MV = ("model", "version")
+REFUSAL_REASONS = ("concurrency_limit", "undecodable")
+# Event-loop lag: a healthy loop is late by well under a millisecond.
+LOOP_LAG_BUCKETS_SECONDS = (
+    0.0005,
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.1,
+    0.25,
+    0.5,
+    1.0,
+    2.5,
+)
 
 
 class MetricsError(ValueError):
@@ -144,7 +161,8 @@ class _Families:
         )
         self.dropped = Counter(
             "dropped_requests_total",
-            "Queued requests dropped before execution (deadline expired or client cancelled).",
+            "Queued requests dropped before execution (deadline expired, client cancelled, or "
+            "queued longer than the queue policy's timeout).",
             [*_MV, "reason"],
             **common,
         )
@@ -166,6 +184,34 @@ class _Families:
             **common,
         )
         self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
+        # Overload, seen where it happens: in front of the handlers (serving/admission.py,
+        # serving/wire.py) and on the event loop (serving/loop_monitor.py).
+        self.calls_in_server = Gauge(
+            "calls_in_server",
+            "Calls inside the server as admission control counts them: received by gRPC "
+            "(those not yet handed to a handler included) and not finished.",
+            **common,
+        )
+        self.admission_limit = Gauge(
+            "admission_limit",
+            "Most calls in the server before inference requests are refused "
+            "(--max-concurrent-rpcs).",
+            **common,
+        )
+        self.refused = Counter(
+            "refused_requests_total",
+            "Requests refused before reaching a model: over the admission limit "
+            "(RESOURCE_EXHAUSTED) or undecodable (INVALID_ARGUMENT).",
+            ["api", "reason"],
+            **common,
+        )
+        self.loop_lag = Histogram(
+            "event_loop_lag_seconds",
+            "How late a timer on the server's event loop fires (sampled every "
+            "0.1 s): time every callback waits before it runs.",
+            buckets=LOOP_LAG_BUCKETS_SECONDS,
+            **common,
+        )
 
 
 class VersionMetrics:
@@ -339,6 +385,11 @@ class ServingMetrics:
         self._families = _Families(self.registry) if enabled else None
         self._versions: dict[tuple[str, int], VersionMetrics] = {}
         self._unresolved: dict[tuple[str, str, str], Any] = {}
+        self._refused: dict[tuple[str, str], Any] = {}
+        if self._families is not None:  # every refusal series exists from the start
+            for api in APIS:
+                for reason in REFUSAL_REASONS:
+                    self._families.refused.labels(api, reason)
         self._lock = threading.Lock()
         self._httpd: Any = None
 
@@ -439,3 +490,31 @@ class ServingMetrics:
         if httpd is not None:
             httpd.shutdown()
             httpd.server_close()
+
+    # -- overload (admission, undecodable requests, event-loop lag) ------------------------
+
+    def watch_admission(self, in_server: Callable[[], float], limit: Callable[[], float]) -> None:
+        """Export the calls in the server and the limit, read at scrape time (no request cost)."""
+        if self._families is None:
+            return
+        self._families.calls_in_server.set_function(in_server)
+        self._families.admission_limit.set_function(limit)
+
+    def refused(self, api: str, reason: str) -> None:
+        """Count a request refused before reaching a model (``reason`` in REFUSAL_REASONS)."""
+        if self._families is None:
+            return
+        key = (api, reason)
+        child = self._refused.get(key)
+        if child is None:
+            _check_member("api", api, APIS)
+            _check_member("refusal reason", reason, REFUSAL_REASONS)
+            child = self._families.refused.labels(api, reason)
+            with self._lock:
+                self._refused = {**self._refused, key: child}
+        child.inc()
+
+    def loop_lag(self, seconds: float) -> None:
+        if self._families is None:
+            return
+        self._families.loop_lag.observe(seconds)

@@ -44,10 +44,11 @@ from serving.errors import (
     ModelUnavailableError,
     NotAllowedError,
     ServingError,
+    clip,
 )
 from serving.runtime import CUDA, Runtime, metadata
 from serving.statistics import VersionStatistics
-from serving.tensors import RequestSchema, TensorSpec, clip
+from serving.tensors import RequestSchema, TensorSpec
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics, VersionMetrics
@@ -87,6 +88,12 @@ def batching_policy(config: ModelConfig, overrides: BatchingOverrides) -> Batchi
         preferred = tuple(dynamic.preferred_batch_size)
     queue = overrides.max_queue_size or dynamic.default_queue_policy.max_queue_size
     groups = sum(g.count for g in config.instance_group)
+    # Triton's queue policy: DELAY keeps a timed-out request queued; our one FIFO queue
+    # serves it in turn, so only REJECT has an effect.
+    queue_policy = dynamic.default_queue_policy
+    timeout_us = 0
+    if queue_policy.timeout_action == queue_policy.REJECT:
+        timeout_us = queue_policy.default_timeout_microseconds
     return BatchingPolicy(
         enabled=overrides.enabled and has_dynamic and max_batch > 0,
         max_batch_size=max_batch,
@@ -94,6 +101,7 @@ def batching_policy(config: ModelConfig, overrides: BatchingOverrides) -> Batchi
         max_queue_delay_microseconds=delay,
         max_queue_size=queue or DEFAULT_MAX_QUEUE_SIZE,
         instances=overrides.instances or groups or 1,
+        queue_timeout_microseconds=timeout_us,
     )
 
 

@@ -14,19 +14,29 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
+from serving.admission import Admission, default_limit, sample_core_calls
 from serving.config import ServerSettings
 from serving.errors import SettingsError
 from serving.kserve_service import InferenceService
+from serving.loop_monitor import LoopMonitor
 from serving.metrics import ServingMetrics
 from serving.predict_service import PredictionService
 from serving.repository import Repository
 from serving.runtime import Runtime
+from serving.wire import Guard
 
 LOGGER = logging.getLogger(__name__)
 
 PREDICT_SERVICE = predict_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
 KSERVE_SERVICE = grpc_service_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 HEALTH_SERVICE = health_pb2.DESCRIPTOR.services_by_name["Health"].full_name
+# Inference calls that take an admission slot, with their metrics ``api`` label (each
+# message of ModelStreamInfer takes one inside the service).
+ADMITTED_METHODS = {
+    f"/{PREDICT_SERVICE}/Predict": "predict",
+    f"/{KSERVE_SERVICE}/ModelInfer": "kserve",
+}
+SERVICE_APIS = {PREDICT_SERVICE: "predict", KSERVE_SERVICE: "kserve"}
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -35,7 +45,7 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
     """UNAUTHENTICATED unless ``authorization: Bearer <token>``; health stays open."""
 
     def __init__(self, token: str) -> None:
-        self._expected = f"Bearer {token}".encode()
+        self._expected = token.encode()
 
     async def intercept_service(
         self,
@@ -48,7 +58,11 @@ class BearerTokenInterceptor(grpc.aio.ServerInterceptor):
         for key, value in details.invocation_metadata or ():
             if key == "authorization":
                 given = value.encode() if isinstance(value, str) else value
-                if hmac.compare_digest(given, self._expected):
+                # RFC 6750: the scheme is case-insensitive ("bearer" is "Bearer").
+                scheme, _, token = given.strip().partition(b" ")
+                if scheme.lower() == b"bearer" and hmac.compare_digest(
+                    token.strip(), self._expected
+                ):
                     return handler
                 return _refuse(handler, "the bearer token in 'authorization' is not valid")
         return _refuse(handler, "missing 'authorization: Bearer <token>' metadata")
@@ -90,6 +104,11 @@ class Server:
             control_mode=settings.model_control_mode,
             startup_models=settings.load_models,
         )
+        self.admission = Admission(
+            settings.max_concurrent_rpcs or default_limit(()), refused=self.metrics
+        )
+        self.metrics.watch_admission(self.admission.in_server, lambda: self.admission.limit)
+        self.loop_monitor = LoopMonitor(self.metrics.loop_lag)
         self._ready = False
         self._stopping = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
@@ -97,10 +116,25 @@ class Server:
         self.metrics_port = 0
 
     def _model_health(self, name: str, serving: bool) -> None:
+        self._update_admission_limit()
         task = asyncio.get_running_loop().create_task(
             self.health.set(name, SERVING if serving else NOT_SERVING)
         )
         task.add_done_callback(lambda t: t.exception())
+
+    def _update_admission_limit(self) -> None:
+        """Without --max-concurrent-rpcs, admit what the loaded versions' batchers hold."""
+        if self.settings.max_concurrent_rpcs is not None:
+            return
+        policies = [
+            version.policy
+            for model in self.repository.models.values()
+            for version in model.versions.values()
+        ]
+        limit = default_limit(policies)
+        if limit != self.admission.limit:
+            LOGGER.debug("event=admission_limit limit=%d", limit)
+            self.admission.limit = limit
 
     def is_ready(self) -> bool:
         return self._ready and not self._stopping.is_set()
@@ -120,13 +154,19 @@ class Server:
                 ("grpc.max_send_message_length", settings.max_message_bytes),
                 # Refuse a port another process holds instead of silently sharing it.
                 ("grpc.so_reuseport", 0),
+                # Admission counts the calls in the core through channelz (on by default).
+                ("grpc.enable_channelz", 1),
             ],
         )
+        # Our services take raw bytes and decode (and admit) them in serving/wire.py.
+        guarded = Guard(self.admission, ADMITTED_METHODS, SERVICE_APIS, self.metrics).registrar(
+            server
+        )
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.repository, self.runtime.provider), server
+            PredictionService(self.repository, self.runtime.provider), guarded
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.repository, self.is_ready), server
+            InferenceService(self.repository, self.is_ready, self.admission), guarded
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -155,14 +195,18 @@ class Server:
         for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
             await self.health.set(name, NOT_SERVING)
         self._grpc = self._build()
+        self.loop_monitor.start()
+        core_calls = loop.create_task(sample_core_calls(self.admission), name="core calls")
         await self._grpc.start()
         LOGGER.info(
-            "event=listening address=%s:%d tls=%s auth=%s max_message_bytes=%d",
+            "event=listening address=%s:%d tls=%s auth=%s max_message_bytes=%d "
+            "max_concurrent_rpcs=%s",
             settings.host,
             self.port,
             settings.tls,
             settings.auth_token is not None,
             settings.max_message_bytes,
+            settings.max_concurrent_rpcs or "auto",
         )
         if settings.metrics_enabled:
             self.metrics_port = self.metrics.start_http_server(settings.host, settings.metrics_port)
@@ -176,16 +220,22 @@ class Server:
                     f"{settings.model_repository}"
                 )
             await self.repository.scan()
+            self._update_admission_limit()
             self._ready = True
             for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
                 await self.health.set(name, SERVING)
-            LOGGER.info("event=ready models=%s", ",".join(sorted(self.repository.models)))
+            LOGGER.info(
+                "event=ready models=%s max_concurrent_rpcs=%d",
+                ",".join(sorted(self.repository.models)),
+                self.admission.limit,
+            )
             if settings.polling:
                 watcher = loop.create_task(
                     self.repository.watch(settings.poll_interval_seconds), name="repository watch"
                 )
             await self._stopping.wait()
         finally:
+            core_calls.cancel()
             await self._shutdown(watcher)
         return 0
 
@@ -202,5 +252,6 @@ class Server:
             await self._grpc.stop(self.settings.grace_seconds)
         remaining = max(self.settings.grace_seconds - (loop.time() - started), 1.0)
         await self.repository.close(remaining)
+        await self.loop_monitor.stop()
         self.metrics.stop_http_server()
         LOGGER.info("event=stopped seconds=%.3f", loop.time() - started)

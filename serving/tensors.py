@@ -18,7 +18,7 @@ from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
 from model_repository.datatypes import BY_WIRE, DataType
 from protos import grpc_service_pb2, predict_pb2
-from serving.errors import InvalidInputError
+from serving.errors import InvalidInputError, clip
 
 # Our Predict API's dtype enum <-> wire type.
 PREDICT_DTYPES: dict[int, DataType] = {
@@ -277,11 +277,6 @@ def _predict_dtype_name(value: int) -> str:
     if value in PREDICT_DTYPES or value == 0:
         return predict_pb2.DataType.Name(value)
     return str(value)
-
-
-def clip(text: str, limit: int = 200) -> str:
-    """A client-supplied string, cut to ``limit`` characters for an error message."""
-    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
 
 
 def shape_text(shape: Sequence[int]) -> str:

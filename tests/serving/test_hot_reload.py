@@ -98,7 +98,7 @@ def test_corrupt_version_is_logged_and_skipped_while_the_previous_keeps_serving(
 
 
 def test_config_that_disagrees_with_a_new_graph_fails_it_while_the_old_one_serves(watched):
-    process, repository, client = watched
+    _, repository, client = watched
     before = client.get_model("mlp").version
     config_file = layout.config_path(repository, "mlp")
     original = config_file.read_text()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 
-from serving.logs import JsonFormatter, KeyValueFormatter
+from serving.logs import GRPC_AIO_LOGGER, JsonFormatter, KeyValueFormatter, configure_logging
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
@@ -27,3 +27,30 @@ def test_json_lines_turn_pairs_into_fields():
     assert entry["event"] == "model_load_failed" and entry["version"] == "3"
     assert entry["error"] == "bad file: truncated"
     assert entry["msg"] == "extra words"
+
+
+def test_grpc_send_failures_of_a_departed_client_become_one_debug_line(capsys):
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    configure_logging("debug")
+    grpc_logger = logging.getLogger(GRPC_AIO_LOGGER)
+    try:
+        try:
+            raise RuntimeError("Failed execute_batch: (SendMessageOperation,)")
+        except RuntimeError:
+            grpc_logger.error(
+                "ExecuteBatchError raised in core by servicer method [%s]",
+                "/inference.GRPCInferenceService/ModelStreamInfer",
+                exc_info=True,
+            )
+        grpc_logger.error("Unexpected [%s] raised by servicer method [%s]", "KeyError", "/x")
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 2 and "Traceback" not in lines[0]
+    assert lines[0].endswith(
+        "level=debug logger=serving.wire event=client_gone "
+        "method=/inference.GRPCInferenceService/ModelStreamInfer"
+    )
+    assert "level=error" in lines[1]  # other grpc errors are not hidden
