@@ -141,10 +141,10 @@ class HeldModel:
         self.release = threading.Event()
         self.running = threading.Event()
 
-    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         self.running.set()
         assert self.release.wait(10)
-        return [batch]
+        return batch
 
 
 def test_a_request_queued_longer_than_the_queue_timeout_is_refused_before_execution():
@@ -156,10 +156,10 @@ def test_a_request_queued_longer_than_the_queue_timeout_is_refused_before_execut
         metrics.dropped = dropped.append  # type: ignore[method-assign]
         batcher = Batcher(model, policy, name="model 'fake' v1", metrics=metrics)
         batcher.start()
-        running = batcher.submit(np.ones((1, 2), np.float32))
+        running = batcher.submit([np.ones((1, 2), np.float32)], 1)
         while not model.running.is_set():
             await asyncio.sleep(0.001)
-        waiting = batcher.submit(np.ones((1, 2), np.float32))
+        waiting = batcher.submit([np.ones((1, 2), np.float32)], 1)
         await asyncio.sleep(0.1)  # twice the queue timeout
         model.release.set()
         await running
