@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import onnxruntime as ort
-from onnx import TensorProto, helper
 
 from serving.config import RuntimeSettings
 from serving.errors import SettingsError
@@ -18,16 +17,14 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-def _probe_model() -> bytes:
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["x"], ["y"])],
-        "probe",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])],
-    )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    return model.SerializeToString()
+# The smallest model a session can be created for: y = Identity(x), x and y float32 [1],
+# opset 17, IR version 8. Serialized once with onnx.helper (tests/deploy/test_packaging.py
+# rebuilds it and compares) so that the server does not need the onnx package, which belongs
+# to the training stack.
+PROBE_MODEL = bytes.fromhex(
+    "08083a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a0208"
+    "01620f0a0179120a0a08080112040a02080142040a001011"
+)
 
 
 def cuda_works() -> bool:
@@ -43,7 +40,7 @@ def cuda_works() -> bool:
     previous = 2
     ort.set_default_logger_severity(4)  # the failed library load is expected noise here
     try:
-        session = ort.InferenceSession(_probe_model(), options, providers=[CUDA, CPU])
+        session = ort.InferenceSession(PROBE_MODEL, options, providers=[CUDA, CPU])
     except Exception:  # any failure means: not usable
         return False
     finally:
