@@ -86,7 +86,7 @@ def test_runtime_probe_model_is_what_onnx_helper_builds():
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    assert PROBE_MODEL == model.SerializeToString()
+    assert model.SerializeToString() == PROBE_MODEL
     onnx.checker.check_model(onnx.load_from_string(PROBE_MODEL))
     session = ort.InferenceSession(PROBE_MODEL, providers=["CPUExecutionProvider"])
     x = np.array([2.5], np.float32)
