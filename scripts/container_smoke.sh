@@ -18,7 +18,8 @@
 # Everything lives under one temporary directory (its own storage root, network configs and
 # socket); published ports bind 127.0.0.1 only. Without root or apt-get it skips, except under
 # CI=true, where anything missing is a failure. Environment: KEEP_IMAGES=1, SERVING_MAX_MB
-# (default 400), CONTAINER_TEST_TMP (parent of the temporary directory, default /tmp).
+# (default 400), CONTAINER_TEST_TMP (parent of the temporary directory, default /tmp),
+# STANDIN_BASE_TAR (keep the mmdebstrap tarball there and reuse it on the next run).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -126,7 +127,8 @@ trap 'exit 130' INT TERM
 # --- pip's configuration for the builds ------------------------------------------------------
 # The host's effective settings (files and PIP_* variables) as one pip.conf, and every local
 # path they name (find-links folders, file:// indexes, constraints, certificates), all
-# bind-mounted read-only at the same place: no index host is written anywhere in the repo.
+# bind-mounted read-only at the same place (a file:// index with its parent folder, where its
+# pages point): no index host is written anywhere in the repository.
 BUILD_MOUNTS=(-v "$WORK/build/pip.conf:/etc/pip.conf:ro")
 while IFS= read -r path; do
   BUILD_MOUNTS+=(-v "$path:$path:ro")
@@ -139,8 +141,13 @@ for line in sys.stdin:
         settings[key.split(".", 1)[1]] = value.strip("\x27\"")
 with open(sys.argv[1], "w") as out:
     out.write("[global]\n" + "".join(f"{k} = {v}\n" for k, v in settings.items()))
-paths = {re.sub(r"^file://", "", word) for v in settings.values() for word in v.split()}
-print("\n".join(p for p in sorted(paths) if p.startswith("/") and os.path.exists(p)))
+paths = set()
+for word in (word for value in settings.values() for word in value.split()):
+    if word.startswith("file://"):  # a local index: its pages link to files beside it
+        word = os.path.dirname(word[len("file://"):].rstrip("/"))
+    if word.startswith("/") and os.path.exists(word):
+        paths.add(os.path.normpath(word))
+print("\n".join(p for p in sorted(paths) if not any(p.startswith(q + "/") for q in paths)))
 ' "$WORK/build/pip.conf")
 log "pip configuration for the builds: $(grep -c = "$WORK/build/pip.conf") settings," \
   "$((${#BUILD_MOUNTS[@]} / 2 - 1)) local paths mounted"
@@ -157,19 +164,20 @@ else
   # Debian's python3.11 lives in /usr/bin; python:3.11-slim has `python` in /usr/local/bin,
   # which the Dockerfile calls, so the stand-in links it there.
   standin=$STANDIN/python:3.11-bookworm
-  mmdebstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates \
+  base_tar=${STANDIN_BASE_TAR:-$WORK/base.tar}
+  [ -s "$base_tar" ] && log "reusing $base_tar" || mmdebstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates \
     --aptopt='Acquire::Languages "none"' \
     --dpkgopt='path-exclude=/usr/share/doc/*' --dpkgopt='path-exclude=/usr/share/man/*' \
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='ln -s /usr/bin/python3.11 "$1/usr/local/bin/python"' \
     --customize-hook='ln -s /usr/bin/python3.11 "$1/usr/local/bin/python3"' \
-    bookworm "$WORK/base.tar" - </etc/apt/sources.list.d/debian.sources >"$WORK/mmdebstrap.log" 2>&1 \
+    bookworm "$base_tar" - </etc/apt/sources.list.d/debian.sources >"$WORK/mmdebstrap.log" 2>&1 \
     || { tail -20 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
   "${PODMAN[@]}" import -q \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
     --change 'ENV LANG=C.UTF-8' --change 'CMD ["python3"]' \
     --change 'LABEL io.d2lserve.stand-in="mmdebstrap bookworm minbase + python3.11 (for python:3.11-slim-bookworm)"' \
-    "$WORK/base.tar" "$standin" >/dev/null
+    "$base_tar" "$standin" >/dev/null
   rm -f "$WORK/base.tar"
   BUILD_ARGS+=(--build-arg "PYTHON_IMAGE=$standin")
   BASE_KIND=stand-in
