@@ -46,7 +46,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && pip install -r /tmp/requirements.txt
 COPY --from=source / ./
 RUN pip install --no-cache-dir --no-deps . \
-    && python -P -c "import protos.predict_pb2, serving.healthcheck, serving.loadtest.cli"
+    && python -P -c "import protos.predict_pb2, serving.healthcheck, serving.loadtest.cli" \
+    && pip uninstall --yes --quiet pip setuptools  # a runtime venv installs nothing more
 
 FROM builder AS venv-gpu
 RUN --mount=type=cache,target=/root/.cache/pip \
@@ -54,7 +55,8 @@ RUN --mount=type=cache,target=/root/.cache/pip \
     && pip install -r /tmp/requirements.txt
 COPY --from=source / ./
 RUN pip install --no-cache-dir --no-deps . \
-    && python -P -c "import protos.predict_pb2, serving.healthcheck, serving.loadtest.cli"
+    && python -P -c "import protos.predict_pb2, serving.healthcheck, serving.loadtest.cli" \
+    && pip uninstall --yes --quiet pip setuptools  # a runtime venv installs nothing more
 
 FROM builder AS venv-train
 RUN --mount=type=cache,target=/root/.cache/pip \

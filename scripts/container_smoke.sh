@@ -209,7 +209,7 @@ for image in d2l-serve:cpu d2l-serve:train; do
 done
 check=$("${PODMAN[@]}" image inspect --format '{{json .Config.Healthcheck.Test}}' d2l-serve:cpu)
 case $check in *serving.healthcheck*) ;; *) die "d2l-serve:cpu has no gRPC HEALTHCHECK: $check" ;; esac
-RUN=("${PODMAN[@]}" run --rm --read-only --network none)
+RUN=("${PODMAN[@]}" run --rm --read-only --network none --no-healthcheck)
 "${RUN[@]}" d2l-serve:cpu python -c '
 import importlib.util, sys
 found = [m for m in ("torch", "torchvision", "onnx", "onnxscript", "sklearn", "matplotlib")
