@@ -1,8 +1,9 @@
 """docker-compose.yml: valid per the Compose Specification, and the service graph the docs promise.
 
-No Docker engine runs here, so everything is static: Debian's docker-compose validates the file
-against its bundled compose-spec schema without an engine, and the graph is read with PyYAML
-(which resolves the file's ``<<: *anchor`` merge keys the same way Compose does).
+`make container-test` runs this file for real on podman; these are the static checks that need
+no engine: Debian's docker-compose validates the file against its bundled compose-spec schema,
+and the graph is read with PyYAML (which resolves the file's ``<<: *anchor`` merge keys the
+same way Compose does): flags passed exist in the CLIs, grace periods agree, and so on.
 """
 
 from __future__ import annotations
