@@ -94,7 +94,7 @@ PODMAN=(podman --root "$WORK/root" --runroot "$WORK/run")
 SOCKET=$WORK/podman.sock
 export DOCKER_HOST=unix://$SOCKET
 PROJECT=d2lsmoke$$
-SERVICE_PID=""
+SERVICE_PID="" BRIDGE=""
 COMPOSE=(docker-compose -p "$PROJECT" -f docker-compose.yml)
 
 free_port() { "$PY" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
@@ -111,6 +111,14 @@ cleanup() {
     kill "$SERVICE_PID" 2>/dev/null && wait "$SERVICE_PID" 2>/dev/null
   fi
   "${PODMAN[@]}" rm -af >/dev/null 2>&1
+  # CNI keeps state outside the storage root: the network's address leases, and firewall
+  # rules for its bridge (dnsname's DNS rule, the isolation rules) left when the network goes.
+  rm -rf "/var/lib/cni/networks/${PROJECT}_default"
+  if [ -n "$BRIDGE" ] && ! ip link show "$BRIDGE" >/dev/null 2>&1; then
+    iptables -S | grep -E -- "-[io] $BRIDGE( |$)" | sed 's/^-A /-D /' | while read -r rule; do
+      eval "iptables $rule"
+    done
+  fi
   if [ "${KEEP_IMAGES:-0}" = 1 ]; then
     log "images kept: podman --root $WORK/root --runroot $WORK/run images" \
       "(CONTAINERS_CONF=$CONTAINERS_CONF)"
@@ -164,6 +172,9 @@ else
   # Debian's python3.11 lives in /usr/bin; python:3.11-slim has `python` in /usr/local/bin,
   # which the Dockerfile calls, so the stand-in links it there.
   standin=$STANDIN/python:3.11-bookworm
+  # The host's Debian mirror (a bookworm host: the stand-in is bookworm, like python:3.11-slim).
+  APT_SOURCES=/etc/apt/sources.list.d/debian.sources
+  [ -s "$APT_SOURCES" ] || APT_SOURCES=/etc/apt/sources.list
   base_tar=${STANDIN_BASE_TAR:-$WORK/base.tar}
   [ -s "$base_tar" ] && log "reusing $base_tar" || mmdebstrap --variant=minbase --include=python3.11,python3.11-venv,ca-certificates \
     --aptopt='Acquire::Languages "none"' \
@@ -171,7 +182,7 @@ else
     --dpkgopt='path-exclude=/usr/share/locale/*' \
     --customize-hook='ln -s /usr/bin/python3.11 "$1/usr/local/bin/python"' \
     --customize-hook='ln -s /usr/bin/python3.11 "$1/usr/local/bin/python3"' \
-    bookworm "$base_tar" - </etc/apt/sources.list.d/debian.sources >"$WORK/mmdebstrap.log" 2>&1 \
+    bookworm "$base_tar" - <"$APT_SOURCES" >"$WORK/mmdebstrap.log" 2>&1 \
     || { tail -20 "$WORK/mmdebstrap.log" >&2; die "mmdebstrap failed"; }
   "${PODMAN[@]}" import -q \
     --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -263,6 +274,9 @@ for _ in $(seq 50); do [ -S "$SOCKET" ] && break; sleep 0.2; done
 log "compose up (train runs to completion first)"
 "${COMPOSE[@]}" up -d --no-build >"$WORK/up.log" 2>&1 || { cat "$WORK/up.log" >&2; die "compose up"; }
 cid() { "${COMPOSE[@]}" ps -q "$1"; }
+BRIDGE=$(python3 -c 'import json, sys
+print(next(p["bridge"] for p in json.load(open(sys.argv[1]))["plugins"] if "bridge" in p))' \
+  "$WORK/cni/${PROJECT}_default.conflist" 2>/dev/null) || true
 train_exit=$("${PODMAN[@]}" inspect --format '{{.State.ExitCode}}' "$(cid train)")
 [ "$train_exit" = 0 ] || { "${PODMAN[@]}" logs "$(cid train)" | tail -30 >&2; die "train exited $train_exit"; }
 log "train exited 0: $("${PODMAN[@]}" logs "$(cid train)" 2>&1 | grep -ciE 'version|export') lines about exports"
