@@ -9,14 +9,14 @@ MODELS ?= models
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
 
-.PHONY: venv system-deps protos train serve demo test lint bench loadtest clean
+.PHONY: venv system-deps protos train serve demo test lint bench loadtest container-test clean
 
 venv: $(STAMP)
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev]'
+	$(PY) -m pip install --quiet -e '.[train,gpu,dev]'
 	touch $(STAMP)
 
 # Prometheus (for the metrics test) and docker-compose (to validate the compose file
@@ -42,6 +42,12 @@ test: $(STAMP) system-deps
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/hadolint Dockerfile
+
+# Build the serving and training images and run docker-compose.yml on podman (root; installs
+# buildah, podman, docker-compose, ... from Debian when missing). About 10 minutes on 2 cores.
+container-test: $(STAMP)
+	PY=$(PY) scripts/container_smoke.sh
 
 bench: $(STAMP)
 	$(PY) bench/train_speed.py

@@ -17,13 +17,13 @@ CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 
 
-# The smallest useful graph, y = Identity(x) on float[1] (opset 17, IR 8), serialized
-# once with onnx.helper (tests/serving/test_runtime.py rebuilds it and compares), so
-# that the server needs nothing from the training stack to probe for CUDA.
-PROBE_MODEL = (
-    b'\x08\x08:;\n\x10\n\x01x\x12\x01y"\x08Identity\x12\x05probeZ\x0f\n\x01x\x12\n\n\x08\x08'
-    b"\x01\x12\x04\n\x02\x08\x01b\x0f\n\x01y\x12\n\n\x08\x08\x01\x12\x04\n\x02\x08\x01B\x04\n\x00"
-    b"\x10\x11"
+# The smallest model a session can be created for: y = Identity(x), x and y float32 [1],
+# opset 17, IR version 8. Serialized once with onnx.helper (tests/deploy/test_packaging.py
+# rebuilds it and compares) so that the server does not need the onnx package, which belongs
+# to the training stack.
+PROBE_MODEL = bytes.fromhex(
+    "08083a3b0a100a017812017922084964656e74697479120570726f62655a0f0a0178120a0a08080112040a0208"
+    "01620f0a0179120a0a08080112040a02080142040a001011"
 )
 
 

@@ -45,6 +45,14 @@ def arg(command: list[str], name: str) -> str:
     return command[command.index(name) + 1]
 
 
+def test_pods_use_the_images_compose_uses_for_the_same_job(manifests, server):
+    """The Job trains in the training image (torch), the Deployment serves from the slim one."""
+    compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
+    (train,) = manifests[("Job", "d2l-serve-train")]["spec"]["template"]["spec"]["containers"]
+    assert train["image"] == compose["train"]["image"]
+    assert server["image"] == compose["server"]["image"]
+
+
 def test_kustomization_lists_every_manifest_in_the_folder():
     kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
     on_disk = {p.name for p in K8S.glob("*.yaml")} - {"kustomization.yaml"}
