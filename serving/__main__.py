@@ -40,6 +40,22 @@ def _sizes(text: str) -> tuple[int, ...]:
         ) from None
 
 
+def _workers(text: str) -> int:
+    if text == "auto":
+        from serving.workers import usable_cores
+
+        return usable_cores()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {count}")
+    return count
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = OneLineParser(
         prog="python -m serving", description="gRPC inference server for ONNX models."
@@ -105,6 +121,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token",
         help=f"require 'authorization: Bearer <token>' (default: ${AUTH_TOKEN_ENV})",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions; "
+        "auto = usable cores (default: %(default)s)",
+    )
+    # Set by the supervisor of --workers N on each worker's command line.
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     p.add_argument(
         "--log-format",
@@ -146,7 +172,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
-    args = build_parser().parse_args(argv)
+    return _settings(build_parser().parse_args(argv))
+
+
+def _settings(args: argparse.Namespace) -> ServerSettings:
     return ServerSettings(
         model_repository=args.model_repository,
         host=args.host,
@@ -181,16 +210,33 @@ def settings_from_args(argv: Sequence[str] | None = None) -> ServerSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
     try:
-        settings = settings_from_args(argv)
+        settings = _settings(args)
     except SettingsError as error:
         print(f"python -m serving: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
+    worker = None
+    if args.worker_index is not None and args.run_dir is not None:
+        from serving.control import WorkerContext
+
+        worker = WorkerContext(args.worker_index, args.workers, args.run_dir)
+    configure_logging(
+        settings.log_level, settings.log_format, worker=None if worker is None else worker.index
+    )
+    if worker is None and args.workers > 1:
+        from serving.workers import supervise
+
+        try:
+            return supervise(settings, args.workers, argv)
+        except SettingsError as error:
+            LOGGER.error("event=startup_failed error=%r", str(error))
+            return 2
     from serving.server import Server  # heavy imports (onnxruntime, grpc) after parsing
 
     async def serve() -> int:
-        return await Server(settings).run()
+        return await Server(settings, worker).run()
 
     loop_factory = None
     if settings.event_loop == "uvloop":

@@ -14,6 +14,7 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -33,6 +34,9 @@ from serving.tensors import (
     requested_outputs,
 )
 from serving.unary import abort_unresolved, count_unresolved, infer_unary
+
+if TYPE_CHECKING:
+    from serving.control import WorkerControl
 
 LOGGER = logging.getLogger(__name__)
 
@@ -246,9 +250,15 @@ def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
 class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
     """The KServe v2 service over the same repository and batchers as Predict."""
 
-    def __init__(self, repository: Repository, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        ready: Callable[[], bool],
+        control: WorkerControl | None = None,
+    ) -> None:
         self._repository = repository
         self._ready = ready
+        self._control = control  # --workers N: statistics and model control over all workers
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -424,6 +434,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     version.statistics.into(entry)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
+        if self._control is not None:
+            await self._control.add_peer_statistics(response)
         return response
 
     async def RepositoryIndex(
@@ -445,7 +457,10 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     f"load parameters {sorted(clip(k) for k in request.parameters)} are not "
                     "supported; put the config in the repository"
                 )
-            await self._repository.load_model(request.model_name)
+            if self._control is not None:
+                await self._control.load_model(request.model_name)
+            else:
+                await self._repository.load_model(request.model_name)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
         return pb.RepositoryModelLoadResponse()
@@ -454,7 +469,10 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         try:
-            await self._repository.unload_model(request.model_name)
+            if self._control is not None:
+                await self._control.unload_model(request.model_name)
+            else:
+                await self._repository.unload_model(request.model_name)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
         return pb.RepositoryModelUnloadResponse()

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.config import ServerSettings
+from serving.control import WorkerContext, WorkerControl
 from serving.errors import SettingsError
 from serving.kserve_service import InferenceService
 from serving.metrics import ServingMetrics
@@ -75,8 +76,9 @@ def _refuse(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
 class Server:
     """One serving process: call ``run()`` and it returns once shut down gracefully."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, worker: WorkerContext | None = None) -> None:
         self.settings = settings
+        self.worker = worker  # one of --workers N processes; None: the whole server
         self.runtime = Runtime.create(settings.runtime)
         self.metrics = ServingMetrics(enabled=settings.metrics_enabled)
         self.metrics.set_runtime_info(self.runtime.provider, self.runtime.version)
@@ -91,6 +93,11 @@ class Server:
             startup_models=settings.load_models,
         )
         self._ready = False
+        self.control = (
+            WorkerControl(worker, self.repository, self._locally_ready, self._set_health)
+            if worker is not None
+            else None
+        )
         self._stopping = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
@@ -102,8 +109,17 @@ class Server:
         )
         task.add_done_callback(lambda t: t.exception())
 
-    def is_ready(self) -> bool:
+    def _locally_ready(self) -> bool:
         return self._ready and not self._stopping.is_set()
+
+    def is_ready(self) -> bool:
+        """Ready to serve; with --workers N, only while every worker is."""
+        ready = self._ready and not self._stopping.is_set()
+        return ready and (self.control is None or self.control.all_ready)
+
+    async def _set_health(self, serving: bool) -> None:
+        for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -118,15 +134,16 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                # Refuse a port another process holds instead of silently sharing it.
-                ("grpc.so_reuseport", 0),
+                # Refuse a port another process holds instead of silently sharing it;
+                # the workers of one server share theirs (the supervisor holds it).
+                ("grpc.so_reuseport", 0 if self.worker is None else 1),
             ],
         )
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.repository, self.runtime.provider), server
+            PredictionService(self.repository, self.runtime.provider, self.control), server
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.repository, self.is_ready), server
+            InferenceService(self.repository, self.is_ready, self.control), server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -164,11 +181,14 @@ class Server:
             settings.auth_token is not None,
             settings.max_message_bytes,
         )
-        if settings.metrics_enabled:
+        if settings.metrics_enabled and self.worker is None:  # workers: the supervisor serves
             self.metrics_port = self.metrics.start_http_server(settings.host, settings.metrics_port)
             LOGGER.info("event=metrics_listening port=%d", self.metrics_port)
         watcher: asyncio.Task[None] | None = None
         try:
+            if self.control is not None:
+                await self.control.start()
+                await self.control.catch_up()
             missing = self.repository.missing_startup_models()
             if missing:
                 raise SettingsError(
@@ -177,8 +197,10 @@ class Server:
                 )
             await self.repository.scan()
             self._ready = True
-            for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
-                await self.health.set(name, SERVING)
+            if self.control is None:
+                await self._set_health(True)
+            else:
+                self.control.watch_health()  # SERVING once every worker is ready
             LOGGER.info("event=ready models=%s", ",".join(sorted(self.repository.models)))
             if settings.polling:
                 watcher = loop.create_task(
@@ -193,6 +215,8 @@ class Server:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self.health.enter_graceful_shutdown()
+        if self.control is not None:
+            await self.control.close()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):
