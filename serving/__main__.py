@@ -233,6 +233,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         except SettingsError as error:
             LOGGER.error("event=startup_failed error=%r", str(error))
             return 2
+        except OSError as error:  # e.g. the metrics port is taken
+            LOGGER.error("event=startup_failed error=%r", str(error))
+            return 1
     from serving.server import Server  # heavy imports (onnxruntime, grpc) after parsing
 
     async def serve() -> int:

@@ -349,7 +349,11 @@ class WorkerControl:
             if os.getppid() != parent:  # the supervisor is gone: drain and exit
                 LOGGER.error("event=supervisor_gone")
                 os.kill(os.getpid(), signal.SIGTERM)
-            ready = self._locally_ready() and await self.peers.all_ready()
+            try:
+                ready = self._locally_ready() and await self.peers.all_ready()
+            except Exception:  # never let a bad answer freeze the health status
+                LOGGER.exception("event=peer_health_failed")
+                ready = False
             if ready != self.all_ready:
                 self.all_ready = ready
                 LOGGER.info("event=server_health serving=%s", ready)

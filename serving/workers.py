@@ -65,19 +65,31 @@ def usable_cores() -> int:
 
 
 def reserve_port(host: str, port: int) -> socket.socket:
-    """A bound (not listening) SO_REUSEPORT socket on host:port; the workers share its port."""
+    """A bound (not listening) SO_REUSEPORT socket on host:port; the workers share its port.
+
+    A fixed port is first bound without SO_REUSEPORT, so a port another server (ours with
+    --workers too) listens on is refused instead of silently shared.
+    """
     try:
         family, kind, proto, _, address = socket.getaddrinfo(
             host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
         )[0]
     except socket.gaierror as error:
         raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    if port != 0:
+        _bind(family, kind, proto, address, reuse_port=False).close()  # the probe
+    return _bind(family, kind, proto, address, reuse_port=True)
+
+
+def _bind(family: int, kind: int, proto: int, address: tuple, *, reuse_port: bool) -> socket.socket:
     sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is fine
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
     try:
         sock.bind(address)
     except OSError as error:
         sock.close()
+        host, port = address[:2]
         raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror}") from error
     return sock
 

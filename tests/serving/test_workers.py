@@ -149,6 +149,14 @@ def test_two_workers_serve_every_model_and_report_it_per_worker(model_repository
             assert ready_versions(server, worker, model) == ["1"]
     log = server.log()
     assert re.search(r"event=ready workers=2 rss=[\d.]+MiB worker_rss=[\d.]+MiB,[\d.]+MiB", log)
+    # The port is the server's: a second server is refused, not silently let in.
+    for workers in ("2", "1"):
+        command = [
+            sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+            "--grpc-port", str(server.port), "--metrics-port", "0", "--workers", workers,
+        ]  # fmt: skip
+        done = subprocess.run(command, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 2 and "cannot listen on" in done.stderr, done.stderr
 
 
 def test_2000_requests_over_8_connections_all_succeed_on_both_workers_and_totals_agree(
