@@ -13,6 +13,14 @@ Models (random weights, exported through ``training.export`` like a trained mode
 
     python bench/serve_bench.py            # ~3 minutes
     python bench/serve_bench.py --quick    # ~1 minute, shorter runs
+
+``--scaling`` runs a different comparison instead (issue 13): ``--workers 1`` against
+``--workers 2`` (``--workers-list`` for more) side by side, nothing pinned (the workers need the
+cores), the load generator with ``--connections 8`` at concurrency 64 on ``mlp``; req/s, p99 and
+server CPU per request (CPU seconds of every worker process, from /proc through the server's
+/metrics, over the measured seconds, divided by the requests the server counted).
+
+    python bench/serve_bench.py --scaling --repeat 3
 """
 
 from __future__ import annotations
@@ -440,6 +448,92 @@ def print_results(
     return targets
 
 
+# -- scaling over worker processes (--scaling) ---------------------------------------------------
+
+SCALING_CONNECTIONS = 8
+SCALING_CONCURRENCY = 64
+
+
+def run_scaling(args: argparse.Namespace, repository: Path, work: Path) -> dict:
+    """Each worker count in turn, ``--repeat`` rounds (interleaved); median req/s kept."""
+    counts = [int(n) for n in args.workers_list.split(",")]
+    runs: dict[int, list[dict]] = {n: [] for n in counts}
+    for round_index in range(args.repeat):
+        for n in counts:
+            with Server(repository, ["--workers", str(n)], None, work) as server:
+                report_path = work / f"scaling-{n}-{round_index}.json"
+                command = [
+                    PYTHON, "-m", "serving.loadtest", "--target", server.target, "--model", "mlp",
+                    "--concurrency", str(SCALING_CONCURRENCY),
+                    "--connections", str(SCALING_CONNECTIONS),
+                    "--duration", str(args.duration), "--warmup", str(args.warmup),
+                    "--json", str(report_path), "--quiet", "--max-error-ratio", "0",
+                    "--event-loop", args.client_loop,
+                    "--metrics-url", f"http://127.0.0.1:{server.metrics_port}/metrics",
+                ]  # fmt: skip
+                done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+                if not report_path.exists():
+                    raise RuntimeError(f"--workers {n}: load tester failed: {done.stderr.strip()}")
+                print(f"  --workers {n} round {round_index + 1}: {done.stdout.strip()}", flush=True)
+                runs[n].append(json.loads(report_path.read_text()))
+    chosen = {}
+    for n, reports in runs.items():
+        reports.sort(key=lambda r: r["requests_per_second"] or 0.0)
+        median = reports[len(reports) // 2]
+        median["repeats_requests_per_second"] = [r["requests_per_second"] for r in reports]
+        chosen[n] = median
+    return chosen
+
+
+def cpu_us_per_request(report: dict) -> float | None:
+    server = report.get("server") or {}
+    cpu, requests = server.get("cpu_seconds"), server.get("requests")
+    return 1e6 * cpu / requests if cpu is not None and requests else None
+
+
+def print_scaling(reports: dict[int, dict]) -> list[tuple[str, bool | None, str]]:
+    print(
+        f"\n### Worker processes (mlp, predict, concurrency {SCALING_CONCURRENCY}, "
+        f"{SCALING_CONNECTIONS} connections, nothing pinned, {os.cpu_count()} cores)\n"
+    )
+    print(
+        "| workers | req/s (median) | req/s runs | x 1 worker | p50 ms | p99 ms | errors "
+        "| server CPU | server CPU µs/req | x 1 worker | client CPU |"
+    )
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    one = reports.get(1)
+    for n, r in reports.items():
+        speedup = ratio(r["requests_per_second"], one["requests_per_second"]) if one else None
+        cost = cpu_us_per_request(r)
+        print(
+            f"| {n} | {fmt(r['requests_per_second'])} | "
+            f"{' / '.join(fmt(v) for v in r['repeats_requests_per_second'])} | "
+            f"{fmt(speedup, 2)} | {fmt(r['latency']['p50_ms'], 2)} | "
+            f"{fmt(r['latency']['p99_ms'], 2)} | {r['requests'] - r['ok']} | "
+            f"{fmt(r['server_cpu_ratio'], 2)} | {fmt(cost)} | "
+            f"{fmt(ratio(cost, cpu_us_per_request(one)) if one else None, 2)} | "
+            f"{fmt(r['client_cpu_ratio'], 2)} |"
+        )
+    targets: list[tuple[str, bool | None, str]] = []
+    two = reports.get(2)
+    if one and two:
+        speedup = ratio(two["requests_per_second"], one["requests_per_second"])
+        p99_one, p99_two = one["latency"]["p99_ms"], two["latency"]["p99_ms"]
+        cost = ratio(cpu_us_per_request(two), cpu_us_per_request(one))
+        targets = [
+            ("2 workers >= 1.3x the req/s of 1, with a lower p99",
+             None if speedup is None else speedup >= 1.3 and p99_two < p99_one,
+             f"{fmt(speedup, 2)}x, p99 {fmt(p99_two, 2)} ms vs {fmt(p99_one, 2)} ms"),
+            ("server CPU per request within 10% of 1 worker's",
+             None if cost is None else cost <= 1.10, f"{fmt(cost, 2)}x"),
+        ]  # fmt: skip
+    print("\n### Targets\n")
+    for label, met, value in targets:
+        verdict = "not run" if met is None else "MET" if met else "MISSED"
+        print(f"- {verdict}: {label}: {value}")
+    return targets
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -456,6 +550,14 @@ def main() -> int:
     parser.add_argument("--client-core", type=int, default=1, help="(default 1)")
     parser.add_argument("--wide-hidden", type=int, default=3072, help="wide model width (3072)")
     parser.add_argument("--only", help="comma-separated case names to run (default all)")
+    parser.add_argument(
+        "--scaling",
+        action="store_true",
+        help="only compare --workers counts (--workers-list), 8 connections, concurrency 64",
+    )
+    parser.add_argument(
+        "--workers-list", default="1,2", help="worker counts for --scaling (default 1,2)"
+    )
     parser.add_argument("--json", type=Path, help="write every figure as JSON")
     parser.add_argument("--keep", type=Path, help="keep the repository and reports here")
     parser.add_argument("--ort-worker", type=Path, help=argparse.SUPPRESS)
@@ -497,6 +599,24 @@ def main() -> int:
         )  # fmt: skip
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=True)
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+    if args.scaling:
+        scaling = run_scaling(args, repository, work)
+        targets = print_scaling(scaling)
+        if args.json is not None:
+            document = {
+                "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+                "cores": os.cpu_count(),
+                "duration_seconds": args.duration,
+                "repeat": args.repeat,
+                "warmup_seconds": args.warmup,
+                "workers": {str(n): report for n, report in scaling.items()},
+                "targets": [{"target": t, "met": met, "value": v} for t, met, v in targets],
+            }
+            args.json.write_text(json.dumps(document, indent=2) + "\n")
+        if args.keep is None:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
 
     print("in-process ONNX Runtime baseline", flush=True)
     ort_mlp, ort_wide = ort("mlp"), ort("wide")

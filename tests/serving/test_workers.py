@@ -9,6 +9,7 @@ well under a minute on the shared 2-core machine.
 
 from __future__ import annotations
 
+import asyncio
 import re
 import shutil
 import signal
@@ -29,6 +30,9 @@ from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2
 from serving.client import Client, predict_request
 from serving.control import PeerUnreachable, ask_blocking, socket_path, statistics_of
+from serving.loadtest.errors import SettingsError as LoadTestSettingsError
+from serving.loadtest.session import run_loadtest
+from serving.loadtest.settings import ConnectionSettings, LoadPlan, LoadTestSettings, Workload
 
 WORKERS = ("--workers", "2")
 MLP = predict_request("mlp", np.zeros((1, 1, 8, 8), np.float32))
@@ -91,15 +95,11 @@ def metric(families: list, sample_name: str, **labels: str) -> float:
     )
 
 
-def serving(server: ServerProcess) -> bool:
-    """Whether the server's health service (whichever worker answers) says SERVING."""
-    with server.channel() as channel:
-        request = health_pb2.HealthCheckRequest()
-        try:
-            status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
-        except grpc.RpcError:
-            return False
-        return status == health_pb2.HealthCheckResponse.SERVING
+def serving(channel: grpc.Channel) -> bool:
+    """Whether the health service of the worker behind ``channel`` says SERVING."""
+    request = health_pb2.HealthCheckRequest()
+    status = health_pb2_grpc.HealthStub(channel).Check(request, timeout=5).status
+    return status == health_pb2.HealthCheckResponse.SERVING
 
 
 def worker_pids(server: ServerProcess) -> dict[int, int]:
@@ -149,6 +149,21 @@ def test_two_workers_serve_every_model_and_report_it_per_worker(model_repository
             assert ready_versions(server, worker, model) == ["1"]
     log = server.log()
     assert re.search(r"event=ready workers=2 rss=[\d.]+MiB worker_rss=[\d.]+MiB,[\d.]+MiB", log)
+    # The load tester spreads its connections over the workers and reads the whole server.
+    # (24 connections: that all reach one worker has odds 2 in 2**24.)
+    settings = LoadTestSettings(
+        connection=ConnectionSettings(target=server.target, connections=24),
+        workload=Workload(model="mlp", pool_size=8),
+        plan=LoadPlan(concurrency=24, requests=400, warmup_seconds=0.0, timeout_seconds=10.0),
+        metrics_url=f"http://127.0.0.1:{server.metrics_port}/metrics",
+    )
+    before = [worker_successes(server, w, "mlp") for w in (0, 1)]
+    report = asyncio.run(run_loadtest(settings)).report
+    after = [worker_successes(server, w, "mlp") for w in (0, 1)]
+    assert report.ok == report.requests == 400, report.errors
+    assert after[0] > before[0] and after[1] > before[1], (before, after)
+    assert report.server is not None and report.server.requests == 400, report.server_note
+    assert report.server.cpu_seconds is not None and report.server.cpu_seconds > 0
     # The port is the server's: a second server is refused, not silently let in.
     for workers in ("2", "1"):
         command = [
@@ -198,8 +213,14 @@ def test_2000_requests_over_8_connections_all_succeed_on_both_workers_and_totals
     assert metric(families, "d2lserve_inferred_rows_total", model="reg") == 2 * probes
     assert metric(families, "d2lserve_request_duration_seconds_count", model="mlp") == 2000
     assert metric(families, "d2lserve_workers") == 2
-    for worker in ("0", "1"):  # per-worker gauges carry the worker's index
-        assert metric(families, "d2lserve_queue_depth", model="mlp", worker=worker) == 0
+    depths = {
+        sample.labels.get("worker"): sample.value
+        for family in families
+        for sample in family.samples
+        if sample.name == "d2lserve_queue_depth" and sample.labels["model"] == "mlp"
+    }
+    assert depths == {"0": 0, "1": 0}  # per worker, labelled with its index
+    for worker in ("0", "1"):
         assert metric(families, "d2lserve_worker_resident_memory_bytes", worker=worker) > 1e7
     assert metric(families, "d2lserve_model_state", model="mlp", state="ready") == 1
 
@@ -234,7 +255,8 @@ def test_killed_worker_is_restarted_while_the_other_keeps_serving(model_reposito
         victim = worker_pids(server)[1]
         subprocess.run(["kill", "-9", str(victim)], check=True)
         deadline = time.monotonic() + 30
-        while serving(server):  # not SERVING while a worker is missing
+        # The surviving worker says NOT_SERVING while the server misses a worker.
+        while serving(client.channels[groups[0][0]]):
             assert time.monotonic() < deadline
             time.sleep(0.05)
         for _ in range(50):  # worker 0 keeps answering meanwhile
@@ -301,6 +323,13 @@ def test_explicit_load_and_unload_apply_to_every_worker_before_returning(
             with pytest.raises(grpc.RpcError) as gone:
                 stub.Predict(REG, timeout=10)
             assert gone.value.code() == grpc.StatusCode.NOT_FOUND
+
+
+def test_connections_must_be_at_least_one():
+    with pytest.raises(LoadTestSettingsError, match="--connections must be >= 1; got 0"):
+        ConnectionSettings(target="127.0.0.1:8001", connections=0)
+    with pytest.raises(ValueError, match="connections must be >= 1, got 0"):
+        Client("127.0.0.1:8001", connections=0)
 
 
 @pytest.mark.parametrize("value", ["0", "-2", "abc", "1.5"])
