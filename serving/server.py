@@ -114,8 +114,7 @@ class Server:
 
     def is_ready(self) -> bool:
         """Ready to serve; with --workers N, only while every worker is."""
-        ready = self._ready and not self._stopping.is_set()
-        return ready and (self.control is None or self.control.all_ready)
+        return self._locally_ready() and (self.control is None or self.control.all_ready)
 
     async def _set_health(self, serving: bool) -> None:
         for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
