@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -248,7 +249,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve())
+            code = runner.run(serve())
+        if worker is not None:  # drained: a late signal must not turn exit 0 into a kill
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return code
     except SettingsError as error:
         LOGGER.error("event=startup_failed error=%r", str(error))
         return 2

@@ -146,7 +146,9 @@ class Supervisor:
             "--run-dir", str(self.run_dir),
         ]  # fmt: skip
         env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
-        worker.process = subprocess.Popen(command, env=env)
+        # A session of its own: a terminal's Ctrl-C (or a group kill) reaches the supervisor
+        # only, which forwards SIGTERM once; a second signal would race the worker's exit.
+        worker.process = subprocess.Popen(command, env=env, start_new_session=True)
         worker.started = time.monotonic()
         worker.exit_code = None
         worker.restart_at = None

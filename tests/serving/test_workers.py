@@ -10,6 +10,7 @@ well under a minute on the shared 2-core machine.
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import shutil
 import signal
@@ -353,3 +354,27 @@ def test_a_worker_that_cannot_start_stops_the_server_with_its_exit_code(model_re
     assert done.returncode == 2, done.stderr
     assert "event=worker_failed_at_start" in done.stderr
     assert "--load-model missing" in done.stderr
+
+
+def test_ctrl_c_on_the_whole_process_group_drains_once_and_exits_zero(model_repository, tmp_path):
+    """A terminal's Ctrl-C signals the supervisor's group; workers must not be hit twice."""
+    command = [
+        sys.executable, "-m", "serving", "--model-repository", str(model_repository),
+        "--grpc-port", "0", "--metrics-port", "0", *WORKERS,
+    ]  # fmt: skip
+    log_path = tmp_path / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(command, stderr=log, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while "event=ready workers=2" not in log_path.read_text():
+            assert process.poll() is None and time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.1)
+        os.killpg(process.pid, signal.SIGINT)
+        assert process.wait(30) == 0, log_path.read_text()
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+    text = log_path.read_text()
+    assert "worker=0 event=stopped" in text and "worker=1 event=stopped" in text
+    assert "event=stopped workers=2 code=0" in text
