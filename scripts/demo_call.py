@@ -26,8 +26,16 @@ def sample_images(shape: tuple[int, ...], count: int) -> tuple[np.ndarray, list[
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", default="127.0.0.1:8001")
+    parser.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections used round-robin (a --workers N server: one worker each)",
+    )
     args = parser.parse_args()
-    with Client(args.target, timeout=10) as client:
+    if args.connections < 1:
+        parser.error(f"--connections must be >= 1, got {args.connections}")
+    with Client(args.target, timeout=10, connections=args.connections) as client:
         for info in client.list_models():
             ready = [v.version for v in info.versions if v.state == 2]
             print(f"model {info.name}: task={info.task} ready versions={ready}")

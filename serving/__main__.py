@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +39,22 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated integers, got {text!r}"
         ) from None
+
+
+def _workers(text: str) -> int:
+    if text == "auto":
+        from serving.workers import usable_cores
+
+        return usable_cores()
+    try:
+        count = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive integer or 'auto', got {text!r}"
+        ) from None
+    if count < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {count}")
+    return count
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,6 +129,16 @@ def build_parser() -> argparse.ArgumentParser:
         "--auth-token",
         help=f"require 'authorization: Bearer <token>' (default: ${AUTH_TOKEN_ENV})",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions; "
+        "auto = usable cores (default: %(default)s)",
+    )
+    # Set by the supervisor of --workers N on each worker's command line.
+    p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--log-level", choices=LOG_LEVELS, default="info", help="(default: %(default)s)")
     p.add_argument(
         "--log-format",
@@ -192,23 +219,42 @@ def settings_from_namespace(args: argparse.Namespace) -> ServerSettings:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_namespace(args)
     except SettingsError as error:
         print(f"python -m serving: error: {error}", file=sys.stderr)
         return 2
-    configure_logging(settings.log_level, settings.log_format)
-    if args.auth_token:
+    worker = None
+    if args.worker_index is not None and args.run_dir is not None:
+        from serving.control import WorkerContext
+
+        worker = WorkerContext(args.worker_index, args.workers, args.run_dir)
+    configure_logging(
+        settings.log_level, settings.log_format, worker=None if worker is None else worker.index
+    )
+    if args.auth_token and worker is None:
         LOGGER.warning(
             "event=auth_token_on_command_line: any local user can read it in the process "
             "list; set $%s instead",
             AUTH_TOKEN_ENV,
         )
+    if worker is None and args.workers > 1:
+        from serving.workers import supervise
+
+        try:
+            return supervise(settings, args.workers, argv)
+        except SettingsError as error:
+            LOGGER.error("event=startup_failed error=%r", str(error))
+            return 2
+        except OSError as error:  # e.g. the metrics port is taken
+            LOGGER.error("event=startup_failed error=%r", str(error))
+            return 1
     from serving.server import Server  # heavy imports (onnxruntime, grpc) after parsing
 
     async def serve() -> int:
-        return await Server(settings).run()
+        return await Server(settings, worker).run()
 
     loop_factory = None
     if settings.event_loop == "uvloop":
@@ -217,7 +263,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop_factory = uvloop.new_event_loop
     try:
         with asyncio.Runner(loop_factory=loop_factory) as runner:
-            return runner.run(serve())
+            code = runner.run(serve())
+        if worker is not None:  # drained: a late signal must not turn exit 0 into a kill
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+        return code
     except SettingsError as error:
         LOGGER.error("event=startup_failed error=%r", str(error))
         return 2

@@ -6,10 +6,15 @@
 
 Failed calls raise ``grpc.RpcError``; ``error.code()`` is the status (NOT_FOUND, ...).
 Every call has a deadline (``timeout`` seconds, per client or per call).
+
+One gRPC channel is one HTTP/2 connection, and a server run with ``--workers N`` hands each
+connection to one worker: ``connections=K`` opens K channels and spreads calls over them
+round-robin, so one client reaches every worker.
 """
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +102,7 @@ def prediction_from_response(response: predict_pb2.PredictResponse) -> Predictio
 
 
 class Client:
-    """Blocking client over one gRPC channel; close it (or use ``with``)."""
+    """Blocking client over ``connections`` gRPC channels; close it (or use ``with``)."""
 
     def __init__(
         self,
@@ -107,19 +112,37 @@ class Client:
         tls_ca: Path | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         max_message_bytes: int = 64 * 1024 * 1024,
+        connections: int = 1,
     ) -> None:
-        options = [
+        if connections < 1:
+            raise ValueError(f"connections must be >= 1, got {connections}")
+        options: list[tuple[str, object]] = [
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.max_send_message_length", max_message_bytes),
         ]
+        if connections > 1:
+            # Channels with equal arguments share one connection unless each has its own pool.
+            options.append(("grpc.use_local_subchannel_pool", 1))
         if tls_ca is not None:
             credentials = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
-            self.channel = grpc.secure_channel(target, credentials, options=options)
+            self.channels = [
+                grpc.secure_channel(target, credentials, options=options)
+                for _ in range(connections)
+            ]
         else:
-            self.channel = grpc.insecure_channel(target, options=options)
+            self.channels = [
+                grpc.insecure_channel(target, options=options) for _ in range(connections)
+            ]
+        self.channel = self.channels[0]
         self.timeout = timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.stub = predict_pb2_grpc.PredictionServiceStub(self.channel)
+        self.stubs = [predict_pb2_grpc.PredictionServiceStub(c) for c in self.channels]
+        self.stub = self.stubs[0]
+        self._round_robin = itertools.cycle(self.stubs)
+
+    def next_stub(self) -> predict_pb2_grpc.PredictionServiceStub:
+        """The stub of the next connection, round-robin."""
+        return next(self._round_robin)
 
     def predict(
         self,
@@ -136,7 +159,7 @@ class Client:
         Labels for classifiers, values for regressions, named ``outputs`` when asked for
         (every output of a model without a task).
         """
-        response = self.stub.Predict(
+        response = self.next_stub().Predict(
             predict_request(model, array, top_k, version, outputs),
             timeout=timeout or self.timeout,
             metadata=self.metadata,
@@ -144,7 +167,7 @@ class Client:
         return prediction_from_response(response)
 
     def list_models(self, *, timeout: float | None = None) -> list[predict_pb2.ModelInfo]:
-        response = self.stub.ListModels(
+        response = self.next_stub().ListModels(
             predict_pb2.ListModelsRequest(), timeout=timeout or self.timeout, metadata=self.metadata
         )
         return list(response.models)
@@ -152,14 +175,15 @@ class Client:
     def get_model(
         self, name: str, version: int | None = None, *, timeout: float | None = None
     ) -> predict_pb2.ModelInfo:
-        return self.stub.GetModel(
+        return self.next_stub().GetModel(
             predict_pb2.GetModelRequest(name=name, version=version or 0),
             timeout=timeout or self.timeout,
             metadata=self.metadata,
         )
 
     def close(self) -> None:
-        self.channel.close()
+        for channel in self.channels:
+            channel.close()
 
     def __enter__(self) -> Client:
         return self

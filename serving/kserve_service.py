@@ -15,6 +15,7 @@ import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -35,6 +36,9 @@ from serving.tensors import (
 )
 from serving.unary import abort_unresolved, count_unresolved, infer_unary
 from serving.versions import parse_version
+
+if TYPE_CHECKING:
+    from serving.control import WorkerControl
 
 LOGGER = logging.getLogger(__name__)
 
@@ -244,11 +248,13 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         repository: Repository,
         ready: Callable[[], bool],
         admission: Admission | None = None,
+        control: WorkerControl | None = None,
     ) -> None:
         self._repository = repository
         self._ready = ready
         # Stream messages take slots of the server-wide admission, like unary calls.
         self._admission = admission or Admission(sys.maxsize)
+        self._control = control  # --workers N: statistics and model control over all workers
 
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
@@ -446,6 +452,8 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     version.statistics.into(entry)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
+        if self._control is not None:
+            await self._control.add_peer_statistics(response)
         return response
 
     async def RepositoryIndex(
@@ -467,7 +475,10 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
                     f"load parameters {sorted(clip(k) for k in request.parameters)} are not "
                     "supported; put the config in the repository"
                 )
-            await self._repository.load_model(request.model_name)
+            if self._control is not None:
+                await self._control.load_model(request.model_name)
+            else:
+                await self._repository.load_model(request.model_name)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
         return pb.RepositoryModelLoadResponse()
@@ -476,7 +487,10 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:
         try:
-            await self._repository.unload_model(request.model_name)
+            if self._control is not None:
+                await self._control.unload_model(request.model_name)
+            else:
+                await self._repository.unload_model(request.model_name)
         except ServingError as error:
             await context.abort(status_code(error), str(error))
         return pb.RepositoryModelUnloadResponse()

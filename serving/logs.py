@@ -15,9 +15,13 @@ import time
 class KeyValueFormatter(logging.Formatter):
     """``ts=2026-01-01T00:00:00.123Z level=info logger=serving.server event=...``."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = "" if worker is None else f"worker={worker} "
+
     def format(self, record: logging.LogRecord) -> str:
         line = f"ts={_timestamp(record)} level={record.levelname.lower()} logger={record.name} "
-        line += record.getMessage()
+        line += self._worker + record.getMessage()
         if record.exc_info:
             line += " exception=" + json.dumps(self.formatException(record.exc_info))
         return line
@@ -26,12 +30,18 @@ class KeyValueFormatter(logging.Formatter):
 class JsonFormatter(logging.Formatter):
     """One JSON object per line; ``key=value`` pairs of the message become fields."""
 
+    def __init__(self, worker: int | None = None) -> None:
+        super().__init__()
+        self._worker = worker
+
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, object] = {
             "ts": _timestamp(record),
             "level": record.levelname.lower(),
             "logger": record.name,
         }
+        if self._worker is not None:
+            entry["worker"] = self._worker
         entry.update(_pairs(record.getMessage()))
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
@@ -89,10 +99,13 @@ class ClientGoneFilter(logging.Filter):
         return False
 
 
-def configure_logging(level: str = "info", fmt: str = "text") -> None:
-    """Send every log record to stderr in the chosen format, replacing other handlers."""
+def configure_logging(level: str = "info", fmt: str = "text", worker: int | None = None) -> None:
+    """Send every log record to stderr in the chosen format, replacing other handlers.
+
+    ``worker``: the index of a ``--workers N`` worker, added to each line.
+    """
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else KeyValueFormatter())
+    handler.setFormatter(JsonFormatter(worker) if fmt == "json" else KeyValueFormatter(worker))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -31,6 +31,8 @@ from prometheus_client import (
     start_http_server,
 )
 
+from serving.shared_metrics import multiprocess_enabled
+
 LOGGER = logging.getLogger(__name__)
 
 NAMESPACE = "d2lserve"
@@ -147,11 +149,20 @@ class _Families:
         self.executions = Counter(
             "executions_total", "Executions (session.run calls).", _MV, **common
         )
+        # multiprocess_mode: how --workers N aggregates a gauge (serving/shared_metrics.py).
         self.queue_depth = Gauge(
-            "queue_depth", "Requests waiting in the batch queue.", _MV, **common
+            "queue_depth",
+            "Requests waiting in the batch queue.",
+            _MV,
+            multiprocess_mode="liveall",
+            **common,
         )
         self.inflight = Gauge(
-            "inflight_requests", "Requests accepted and not yet answered.", _MV, **common
+            "inflight_requests",
+            "Requests accepted and not yet answered.",
+            _MV,
+            multiprocess_mode="livesum",
+            **common,
         )
         self.queue_rejections = Counter(
             "queue_rejections_total",
@@ -170,6 +181,7 @@ class _Families:
             "model_state",
             "1 for the current state of a model version (loading, ready, failed), else 0.",
             [*_MV, "state"],
+            multiprocess_mode="livemax",
             **common,
         )
         self.load_failures = Counter(
@@ -181,21 +193,34 @@ class _Families:
         self.last_scan = Gauge(
             "repository_last_scan_timestamp_seconds",
             "Unix time of the last completed model-repository scan.",
+            multiprocess_mode="livemin",
             **common,
         )
-        self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
+        self.runtime: Info | Gauge
+        if multiprocess_enabled():  # Info does not work across processes; the same sample
+            self.runtime = Gauge(
+                "runtime_info",
+                "ONNX Runtime execution provider and version.",
+                ["provider", "onnxruntime_version"],
+                multiprocess_mode="livemax",
+                **common,
+            )
+        else:
+            self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
         # Overload, seen where it happens: in front of the handlers (serving/admission.py,
         # serving/wire.py) and on the event loop (serving/loop_monitor.py).
         self.calls_in_server = Gauge(
             "calls_in_server",
             "Calls inside the server as admission control counts them: received by gRPC "
             "(those not yet handed to a handler included) and not finished.",
+            multiprocess_mode="livesum",
             **common,
         )
         self.admission_limit = Gauge(
             "admission_limit",
             "Most calls in the server before inference requests are refused "
-            "(--max-concurrent-rpcs).",
+            "(--max-concurrent-rpcs; summed over the workers).",
+            multiprocess_mode="livesum",
             **common,
         )
         self.refused = Counter(
@@ -445,9 +470,11 @@ class ServingMetrics:
     def set_runtime_info(self, provider: str, onnxruntime_version: str) -> None:
         if self._families is None:
             return
-        self._families.runtime.info(
-            {"provider": provider, "onnxruntime_version": onnxruntime_version}
-        )
+        runtime = self._families.runtime
+        if isinstance(runtime, Info):
+            runtime.info({"provider": provider, "onnxruntime_version": onnxruntime_version})
+        else:
+            runtime.labels(provider, onnxruntime_version).set(1)
 
     def request_unresolved(self, api: str, code: str, model: str = UNKNOWN_MODEL) -> None:
         """Count a request that failed before a version was resolved (``version=""``).

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterable
 from time import perf_counter
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -21,6 +23,9 @@ from serving.tensors import (
 )
 from serving.unary import abort_unresolved, infer_unary
 
+if TYPE_CHECKING:
+    from serving.control import WorkerControl
+
 LOGGER = logging.getLogger(__name__)
 
 API = "predict"
@@ -29,9 +34,15 @@ API = "predict"
 class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
     """Predict through the batcher; describe models from the repository's state."""
 
-    def __init__(self, repository: Repository, execution_provider: str) -> None:
+    def __init__(
+        self,
+        repository: Repository,
+        execution_provider: str,
+        control: WorkerControl | None = None,
+    ) -> None:
         self._repository = repository
         self._provider = execution_provider
+        self._control = control  # --workers N: statistics summed over all workers
 
     async def Predict(
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
@@ -66,9 +77,11 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
         self, request: predict_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.ListModelsResponse:
         models = self._repository.models
-        return predict_pb2.ListModelsResponse(
+        response = predict_pb2.ListModelsResponse(
             models=[self._info(models[name], None) for name in sorted(models)]
         )
+        await self._add_peer_statistics(response.models)
+        return response
 
     async def GetModel(
         self, request: predict_pb2.GetModelRequest, context: grpc.aio.ServicerContext
@@ -80,7 +93,21 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
             )
         except ServingError as error:
             await context.abort(status_code(error), str(error))
-        return self._info(model, version)
+        info = self._info(model, version)
+        await self._add_peer_statistics([info])
+        return info
+
+    async def _add_peer_statistics(self, infos: Iterable[predict_pb2.ModelInfo]) -> None:
+        """--workers N: add the other workers' figures of each described version."""
+        if self._control is None:
+            return
+        totals = await self._control.peer_totals()
+        for info in infos:
+            if info.HasField("statistics"):
+                requests, rows, executions = totals.get((info.name, info.version), (0, 0, 0))
+                info.statistics.requests += requests
+                info.statistics.rows += rows
+                info.statistics.executions += executions
 
     def _info(self, model: Model, version: ModelVersion | None) -> predict_pb2.ModelInfo:
         """Describe ``version`` (default: the default version, else the newest known)."""

@@ -545,6 +545,16 @@ class Repository:
             self.scans += 1
             self.metrics.repository_scanned()
 
+    @property
+    def wanted_models(self) -> frozenset[str] | None:
+        """Explicit mode: the models asked for; None in the other modes (every folder)."""
+        return None if self._wanted is None else frozenset(self._wanted)
+
+    def want(self, names: list[str]) -> None:
+        """Explicit mode: serve ``names`` too from the next scan (a restarted worker)."""
+        if self._wanted is not None:
+            self._wanted.update(names)
+
     def missing_startup_models(self) -> list[str]:
         """Models named with --load-model that are not folders of the repository."""
         wanted = self._wanted or set()

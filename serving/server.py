@@ -16,6 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.admission import Admission, default_limit, sample_core_calls
 from serving.config import ServerSettings
+from serving.control import WorkerContext, WorkerControl
 from serving.errors import SettingsError
 from serving.kserve_service import InferenceService
 from serving.loop_monitor import LoopMonitor
@@ -89,8 +90,9 @@ def _refuse(handler: grpc.RpcMethodHandler, message: str) -> grpc.RpcMethodHandl
 class Server:
     """One serving process: call ``run()`` and it returns once shut down gracefully."""
 
-    def __init__(self, settings: ServerSettings) -> None:
+    def __init__(self, settings: ServerSettings, worker: WorkerContext | None = None) -> None:
         self.settings = settings
+        self.worker = worker  # one of --workers N processes; None: the whole server
         self.runtime = Runtime.create(settings.runtime)
         self.metrics = ServingMetrics(enabled=settings.metrics_enabled)
         self.metrics.set_runtime_info(self.runtime.provider, self.runtime.version)
@@ -110,6 +112,11 @@ class Server:
         self.metrics.watch_admission(self.admission.in_server, lambda: self.admission.limit)
         self.loop_monitor = LoopMonitor(self.metrics.loop_lag)
         self._ready = False
+        self.control = (
+            WorkerControl(worker, self.repository, self._locally_ready, self._set_health)
+            if worker is not None
+            else None
+        )
         self._stopping = asyncio.Event()
         self._grpc: grpc.aio.Server | None = None
         self.port = 0
@@ -136,8 +143,16 @@ class Server:
             LOGGER.debug("event=admission_limit limit=%d", limit)
             self.admission.limit = limit
 
-    def is_ready(self) -> bool:
+    def _locally_ready(self) -> bool:
         return self._ready and not self._stopping.is_set()
+
+    def is_ready(self) -> bool:
+        """Ready to serve; with --workers N, only while every worker is."""
+        return self._locally_ready() and (self.control is None or self.control.all_ready)
+
+    async def _set_health(self, serving: bool) -> None:
+        for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
+            await self.health.set(name, SERVING if serving else NOT_SERVING)
 
     def request_stop(self) -> None:
         if not self._stopping.is_set():
@@ -152,8 +167,9 @@ class Server:
             options=[
                 ("grpc.max_receive_message_length", settings.max_message_bytes),
                 ("grpc.max_send_message_length", settings.max_message_bytes),
-                # Refuse a port another process holds instead of silently sharing it.
-                ("grpc.so_reuseport", 0),
+                # Refuse a port another process holds instead of silently sharing it;
+                # the workers of one server share theirs (the supervisor holds it).
+                ("grpc.so_reuseport", 0 if self.worker is None else 1),
                 # Admission counts the calls in the core through channelz (on by default).
                 ("grpc.enable_channelz", 1),
             ],
@@ -163,10 +179,11 @@ class Server:
             server
         )
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.repository, self.runtime.provider), guarded
+            PredictionService(self.repository, self.runtime.provider, self.control), guarded
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.repository, self.is_ready, self.admission), guarded
+            InferenceService(self.repository, self.is_ready, self.admission, self.control),
+            guarded,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
@@ -208,11 +225,14 @@ class Server:
             settings.max_message_bytes,
             settings.max_concurrent_rpcs or "auto",
         )
-        if settings.metrics_enabled:
+        if settings.metrics_enabled and self.worker is None:  # workers: the supervisor serves
             self.metrics_port = self.metrics.start_http_server(settings.host, settings.metrics_port)
             LOGGER.info("event=metrics_listening port=%d", self.metrics_port)
         watcher: asyncio.Task[None] | None = None
         try:
+            if self.control is not None:
+                await self.control.start()
+                await self.control.catch_up()
             missing = self.repository.missing_startup_models()
             if missing:
                 raise SettingsError(
@@ -222,8 +242,10 @@ class Server:
             await self.repository.scan()
             self._update_admission_limit()
             self._ready = True
-            for name in ("", PREDICT_SERVICE, KSERVE_SERVICE):
-                await self.health.set(name, SERVING)
+            if self.control is None:
+                await self._set_health(True)
+            else:
+                self.control.watch_health()  # SERVING once every worker is ready
             LOGGER.info(
                 "event=ready models=%s max_concurrent_rpcs=%d",
                 ",".join(sorted(self.repository.models)),
@@ -243,6 +265,8 @@ class Server:
         loop = asyncio.get_running_loop()
         started = loop.time()
         await self.health.enter_graceful_shutdown()
+        if self.control is not None:
+            await self.control.close()
         if watcher is not None:
             watcher.cancel()
             with contextlib.suppress(asyncio.CancelledError):

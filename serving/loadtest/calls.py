@@ -12,7 +12,7 @@ import asyncio
 import logging
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 
 import grpc
 
@@ -46,25 +46,32 @@ Caller = Callable[[int], Awaitable[bytes]]
 
 
 class UnaryCaller:
-    """Predict or ModelInfer with identity (de)serializers: bytes in, bytes out."""
+    """Predict or ModelInfer with identity (de)serializers: bytes in, bytes out.
+
+    Calls go round-robin over ``channels`` (one connection each; a server with
+    ``--workers N`` hands each connection to one worker).
+    """
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channels: Sequence[grpc.aio.Channel],
         api: str,
         payloads: list[bytes],
         metadata: Metadata,
         timeout_seconds: float,
     ) -> None:
         path = PREDICT_PATH if api == "predict" else KSERVE_INFER_PATH
-        self._method = channel.unary_unary(path)
+        self._methods = [channel.unary_unary(path) for channel in channels]
+        self._turn = 0
         self._payloads = payloads
         self._metadata = metadata or None
         self._timeout = timeout_seconds
 
     async def __call__(self, index: int) -> bytes:
+        methods = self._methods
+        self._turn = turn = (self._turn + 1) % len(methods)
         try:
-            return await self._method(
+            return await methods[turn](
                 self._payloads[index], timeout=self._timeout, metadata=self._metadata
             )
         except grpc.aio.AioRpcError as error:
@@ -187,20 +194,22 @@ def _failure_of(error: BaseException) -> CallFailed:
 class StreamCaller:
     """ModelStreamInfer: requests spread round-robin over ``streams`` long-lived streams.
 
+    Stream ``i`` opens on channel ``i % len(channels)``.
+
     A stream that breaks fails its pending requests with the stream's status code and is
     reopened by the next request.
     """
 
     def __init__(
         self,
-        channel: grpc.aio.Channel,
+        channels: Sequence[grpc.aio.Channel],
         payloads: list[bytes],
         metadata: Metadata,
         timeout_seconds: float,
         streams: int,
         stream_deadline_seconds: float,
     ) -> None:
-        self._open = channel.stream_stream(KSERVE_STREAM_PATH)
+        self._opens = [channel.stream_stream(KSERVE_STREAM_PATH) for channel in channels]
         self._payloads = payloads
         self._metadata = metadata or None
         self._timeout = timeout_seconds
@@ -215,7 +224,8 @@ class StreamCaller:
         if lane is None or lane.broken:
             if lane is not None:
                 asyncio.get_running_loop().create_task(lane.close())
-            call = self._open(metadata=self._metadata, timeout=self._stream_deadline)
+            open_stream = self._opens[self._turn % len(self._opens)]
+            call = open_stream(metadata=self._metadata, timeout=self._stream_deadline)
             lane = self._lanes[self._turn] = _Lane(call, self._timeout)
         return lane
 

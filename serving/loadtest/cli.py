@@ -57,6 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"bearer token (default ${AUTH_TOKEN_ENV})",
     )
     target.add_argument("--connect-timeout", type=float, default=10.0, help="seconds (default 10)")
+    target.add_argument(
+        "--connections",
+        type=int,
+        default=1,
+        help="gRPC connections, used round-robin; a server with --workers N gives each "
+        "connection to one worker, so use >= N (default 1)",
+    )
 
     work = parser.add_argument_group("requests")
     work.add_argument("--model", required=True, help="model name")
@@ -153,6 +160,7 @@ def settings_from_args(args: argparse.Namespace) -> LoadTestSettings:
         tls_server_name=args.tls_server_name,
         token=args.token,
         connect_timeout_seconds=args.connect_timeout,
+        connections=args.connections,
     )
     workload = Workload(
         model=args.model,

@@ -20,6 +20,8 @@ REQUESTS_FAMILY = f"{NAMESPACE}_requests"  # the parser drops the counter's "_to
 REQUESTS_SAMPLE = f"{REQUESTS_FAMILY}_total"
 BATCH_SIZE_FAMILY = f"{NAMESPACE}_batch_size"
 PROCESS_CPU_FAMILY = "process_cpu_seconds"  # prometheus_client's process collector
+# A server with --workers N: CPU of each live worker (serving/shared_metrics.py), summed.
+WORKER_CPU_FAMILY = "d2lserve_worker_cpu_seconds"
 
 
 class MetricsUnavailable(Exception):
@@ -75,6 +77,8 @@ def parse_metrics(text: str, model: str) -> ServerSnapshot:
                     by_code[code] = by_code.get(code, 0.0) + sample.value
         elif family.name == PROCESS_CPU_FAMILY and family.samples:
             cpu = family.samples[0].value
+        elif family.name == WORKER_CPU_FAMILY and family.samples:
+            cpu = sum(sample.value for sample in family.samples)
         elif family.name == BATCH_SIZE_FAMILY:
             for sample in family.samples:
                 if sample.labels.get("model") != model:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -41,6 +42,9 @@ def open_channel(connection: ConnectionSettings) -> grpc.aio.Channel:
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ]
+    if connection.connections > 1:
+        # Channels with equal arguments share one connection unless each has its own pool.
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if connection.tls_ca is None:
         return grpc.aio.insecure_channel(connection.target, options=options)
     if connection.tls_server_name is not None:
@@ -59,10 +63,16 @@ async def run_loadtest(
     """Run the whole test; raises TargetError when the server or the model is not there."""
     connection, workload, plan = settings.connection, settings.workload, settings.plan
     metadata = call_metadata(connection)
-    async with open_channel(connection) as channel:
+    async with contextlib.AsyncExitStack() as stack:
+        channels = [
+            await stack.enter_async_context(open_channel(connection))
+            for _ in range(connection.connections)
+        ]
+        channel = channels[0]
         try:
             await asyncio.wait_for(
-                channel.channel_ready(), timeout=connection.connect_timeout_seconds
+                asyncio.gather(*(c.channel_ready() for c in channels)),
+                timeout=connection.connect_timeout_seconds,
             )
         except TimeoutError:
             seconds = connection.connect_timeout_seconds
@@ -91,7 +101,7 @@ async def run_loadtest(
         )
         if workload.api == "stream":
             caller: StreamCaller | UnaryCaller = StreamCaller(
-                channel,
+                channels,
                 payloads,
                 metadata,
                 plan.timeout_seconds,
@@ -99,7 +109,7 @@ async def run_loadtest(
                 plan.hard_bound_seconds + 5.0,
             )
         else:
-            caller = UnaryCaller(channel, workload.api, payloads, metadata, plan.timeout_seconds)
+            caller = UnaryCaller(channels, workload.api, payloads, metadata, plan.timeout_seconds)
 
         before: list[ServerSnapshot] = []
         notes: list[str] = []

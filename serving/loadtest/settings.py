@@ -39,9 +39,14 @@ class ConnectionSettings:
     tls_server_name: str | None = None  # overrides the name checked in the certificate
     token: str | None = None  # sent as "authorization: Bearer <token>"
     connect_timeout_seconds: float = 10.0
+    # Channels (HTTP/2 connections) opened; calls go round-robin. A server run with
+    # --workers N gives each connection to one worker, so use at least N.
+    connections: int = 1
 
     def __post_init__(self) -> None:
         split_target(self.target)
+        if self.connections < 1:
+            raise SettingsError(f"--connections must be >= 1; got {self.connections}")
         if self.tls_ca is not None and not self.tls_ca.is_file():
             raise SettingsError(f"--tls-ca {self.tls_ca}: no such file")
         if self.tls_server_name is not None and self.tls_ca is None:

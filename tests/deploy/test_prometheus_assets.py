@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,6 +15,7 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from serving.metrics import ServingMetrics
+from serving.shared_metrics import SupervisorMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 PROMETHEUS = ROOT / "deploy" / "prometheus"
@@ -61,7 +64,12 @@ def exported_metric_names() -> set[str]:
     metrics.load_failed("m")
     metrics.repository_scanned(1.0)
     metrics.set_runtime_info("CPUExecutionProvider", "1")
-    return {s.name for family in registry.collect() for s in family.samples}
+    names = {s.name for family in registry.collect() for s in family.samples}
+    # --workers N: the supervisor's own (this process standing in for worker 0).
+    with tempfile.TemporaryDirectory() as files:
+        supervisor = SupervisorMetrics(Path(files), lambda: {os.getpid(): 0}, count=1)
+        names |= {s.name for family in supervisor.registry.collect() for s in family.samples}
+    return names
 
 
 @needs_promtool

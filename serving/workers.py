@@ -1,0 +1,301 @@
+"""``--workers N``: N server processes behind one gRPC port, and the supervisor over them.
+
+One grpc.aio process tops out at one core. The supervisor (this module, the process the user
+started) runs N workers, each today's :class:`~serving.server.Server` with its own ONNX
+Runtime sessions and batchers, listening on the same port with ``SO_REUSEPORT``: the kernel
+hands each new connection to one of them. The supervisor
+
+* holds the port with a bound, not listening, ``SO_REUSEPORT`` socket, so ``--grpc-port 0``
+  picks one number for all workers and a port another program holds is refused up front;
+* starts workers as fresh interpreters (``python -m serving ... --worker-index i``; nothing is
+  forked from a process that has initialised gRPC or ONNX Runtime);
+* logs ``event=ready workers=N rss=...`` once every worker is ready;
+* restarts a worker that dies, with back-off, logged and counted in
+  ``d2lserve_worker_restarts_total``; a worker that fails before the server was ever ready
+  (bad model, bad flag) stops the whole server with its exit code instead;
+* forwards SIGTERM/SIGINT to every worker, which drains exactly as a single process does,
+  and exits 0 once all have drained;
+* serves the one ``/metrics`` of the server (serving/shared_metrics.py).
+
+The private run directory (``$TMPDIR/d2lserve-*``) holds the workers' control sockets
+(serving/control.py) and the shared metric files; it is created empty and removed on exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from serving.config import ServerSettings
+from serving.control import PeerUnreachable, ask_blocking, socket_path
+from serving.errors import SettingsError
+from serving.shared_metrics import MULTIPROC_ENV, process_rss_bytes
+
+LOGGER = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+FIRST_BACKOFF_SECONDS = 0.5
+MAX_BACKOFF_SECONDS = 10.0
+STABLE_SECONDS = 30.0  # a worker that lived this long restarts without back-off
+# After the grace period the workers get this long to finish closing before SIGKILL.
+KILL_AFTER_GRACE_SECONDS = 15.0
+_MIB = 1024 * 1024
+
+
+def usable_cores() -> int:
+    """Cores this process may run on: CPU affinity, capped by a cgroup v2 CPU quota."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
+        if quota != "max":
+            cores = min(cores, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def reserve_port(host: str, port: int) -> socket.socket:
+    """A bound (not listening) SO_REUSEPORT socket on host:port; the workers share its port.
+
+    A fixed port is first bound without SO_REUSEPORT, so a port another server (ours with
+    --workers too) listens on is refused instead of silently shared.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as error:
+        raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    if port != 0:
+        _bind(family, kind, proto, address, reuse_port=False).close()  # the probe
+    return _bind(family, kind, proto, address, reuse_port=True)
+
+
+def _bind(family: int, kind: int, proto: int, address: tuple, *, reuse_port: bool) -> socket.socket:
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gRPC: TIME_WAIT is fine
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, int(reuse_port))
+    try:
+        sock.bind(address)
+    except OSError as error:
+        sock.close()
+        host, port = address[:2]
+        raise SettingsError(f"cannot listen on {host}:{port}: {error.strerror}") from error
+    return sock
+
+
+@dataclass
+class _Worker:
+    index: int
+    process: subprocess.Popen | None = None
+    started: float = 0.0
+    failures: int = 0  # consecutive quick deaths, for the back-off
+    restart_at: float | None = None
+    exit_code: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.process.pid if self.process is not None else 0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.exit_code is None
+
+
+@dataclass
+class Supervisor:
+    """Runs ``count`` workers of ``argv`` (the server's own command line) until stopped."""
+
+    settings: ServerSettings
+    count: int
+    argv: list[str]
+    run_dir: Path
+    port: int
+    workers: list[_Worker] = field(default_factory=list)
+    _stop_signal: int | None = None
+
+    def __post_init__(self) -> None:
+        self.workers = [_Worker(i) for i in range(self.count)]
+        self.metrics_dir = self.run_dir / "metrics"
+        self.metrics_dir.mkdir()
+        self.metrics = None
+        if self.settings.metrics_enabled:
+            from serving.shared_metrics import SupervisorMetrics
+
+            self.metrics = SupervisorMetrics(self.metrics_dir, self.live_pids, self.count)
+
+    def live_pids(self) -> dict[int, int]:
+        return {w.pid: w.index for w in self.workers if w.alive}
+
+    def _spawn(self, worker: _Worker) -> None:
+        command = [
+            sys.executable, "-m", "serving", *self.argv,
+            "--workers", str(self.count),
+            "--grpc-port", str(self.port),
+            "--worker-index", str(worker.index),
+            "--run-dir", str(self.run_dir),
+        ]  # fmt: skip
+        env = {**os.environ, MULTIPROC_ENV: str(self.metrics_dir)}
+        # A session of its own: a terminal's Ctrl-C (or a group kill) reaches the supervisor
+        # only, which forwards SIGTERM once; a second signal would race the worker's exit.
+        worker.process = subprocess.Popen(command, env=env, start_new_session=True)
+        worker.started = time.monotonic()
+        worker.exit_code = None
+        worker.restart_at = None
+        LOGGER.info("event=worker_started worker=%d pid=%d", worker.index, worker.pid)
+
+    def _on_signal(self, signum: int, frame: object) -> None:
+        if self._stop_signal is None:
+            self._stop_signal = signum
+
+    def run(self) -> int:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_signal)
+        settings = self.settings
+        if self.metrics is not None:
+            bound = self.metrics.start_http_server(settings.host, settings.metrics_port)
+            LOGGER.info("event=metrics_listening port=%d", bound)
+        LOGGER.info(
+            "event=listening address=%s:%d workers=%d run_dir=%s",
+            settings.host,
+            self.port,
+            self.count,
+            self.run_dir,
+        )
+        for worker in self.workers:
+            self._spawn(worker)
+        try:
+            code = self._supervise()
+        finally:
+            for worker in self.workers:  # only after a failure: normally all have exited
+                if worker.alive and worker.process is not None:
+                    worker.process.kill()
+                    worker.process.wait()
+            if self.metrics is not None:
+                self.metrics.stop_http_server()
+        LOGGER.info("event=stopped workers=%d code=%d", self.count, code)
+        return code
+
+    def _supervise(self) -> int:
+        ever_ready = False
+        failed_start: int | None = None
+        stop_deadline: float | None = None
+        while True:
+            now = time.monotonic()
+            if self._stop_signal is not None and stop_deadline is None:
+                LOGGER.info("event=shutdown_requested workers=%d", self.count)
+                stop_deadline = now + self.settings.grace_seconds + KILL_AFTER_GRACE_SECONDS
+                self._signal_all(signal.SIGTERM)
+            for worker in self.workers:
+                if not worker.alive or worker.process is None:
+                    continue
+                code = worker.process.poll()
+                if code is None:
+                    continue
+                worker.exit_code = code
+                if self.metrics is not None:
+                    self.metrics.worker_died(worker.pid)
+                if stop_deadline is not None:
+                    LOGGER.info("event=worker_stopped worker=%d code=%d", worker.index, code)
+                elif not ever_ready:
+                    LOGGER.error(
+                        "event=worker_failed_at_start worker=%d pid=%d code=%d",
+                        worker.index,
+                        worker.pid,
+                        code,
+                    )
+                    failed_start = code or 1
+                    self._stop_signal = signal.SIGTERM
+                else:
+                    self._schedule_restart(worker, code, now)
+            if stop_deadline is not None:
+                if not any(w.alive for w in self.workers):
+                    break
+                if now > stop_deadline:
+                    LOGGER.error("event=workers_killed reason=grace_expired")
+                    self._signal_all(signal.SIGKILL)
+            else:
+                for worker in self.workers:
+                    if worker.restart_at is not None and now >= worker.restart_at:
+                        self._spawn(worker)
+                if not ever_ready and self._all_ready():
+                    ever_ready = True
+                    self._log_ready()
+            time.sleep(POLL_SECONDS)
+        if failed_start is not None:
+            return failed_start
+        codes = [w.exit_code for w in self.workers]
+        return 0 if all(code == 0 for code in codes) else 1
+
+    def _schedule_restart(self, worker: _Worker, code: int, now: float) -> None:
+        lived = now - worker.started
+        worker.failures = 0 if lived > STABLE_SECONDS else worker.failures + 1
+        delay = min(FIRST_BACKOFF_SECONDS * 2 ** max(worker.failures - 1, 0), MAX_BACKOFF_SECONDS)
+        worker.restart_at = now + delay
+        LOGGER.error(
+            "event=worker_died worker=%d pid=%d code=%d lived_s=%.1f restart_in_s=%.1f",
+            worker.index,
+            worker.pid,
+            code,
+            lived,
+            delay,
+        )
+        if self.metrics is not None:
+            self.metrics.restarts.labels(str(worker.index)).inc()
+
+    def _signal_all(self, signum: int) -> None:
+        for worker in self.workers:
+            if worker.alive and worker.process is not None:
+                worker.process.send_signal(signum)
+
+    def _all_ready(self) -> bool:
+        for worker in self.workers:
+            if not worker.alive:
+                return False
+            try:
+                answer = ask_blocking(
+                    socket_path(self.run_dir, worker.index), {"op": "ready"}, timeout=1.0
+                )
+            except PeerUnreachable:
+                return False
+            if not answer.get("ready"):
+                return False
+        return True
+
+    def _log_ready(self) -> None:
+        sizes = []
+        for worker in self.workers:
+            try:
+                sizes.append(process_rss_bytes(worker.pid))
+            except OSError:
+                sizes.append(0)
+        LOGGER.info(
+            "event=ready workers=%d rss=%.1fMiB worker_rss=%s supervisor_rss=%.1fMiB",
+            self.count,
+            sum(sizes) / _MIB,
+            ",".join(f"{size / _MIB:.1f}MiB" for size in sizes),
+            process_rss_bytes(os.getpid()) / _MIB,
+        )
+
+
+def supervise(settings: ServerSettings, count: int, argv: list[str]) -> int:
+    """Run the server as ``count`` workers; returns the exit code (0 after a clean drain)."""
+    run_dir = Path(tempfile.mkdtemp(prefix="d2lserve-"))
+    try:
+        reservation = reserve_port(settings.host, settings.grpc_port)
+        with reservation:
+            port = reservation.getsockname()[1]
+            supervisor = Supervisor(settings, count, argv, run_dir, port)
+            return supervisor.run()
+    finally:
+        shutil.rmtree(run_dir, ignore_errors=True)
