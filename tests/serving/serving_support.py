@@ -15,10 +15,10 @@ and shutdown tests; max_queue_size 2.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -37,6 +37,7 @@ from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import format_config
 from protos import model_config_pb2 as mc
+from serving.logs import bound_ports
 from training.export import ExportSettings, export_trained_model
 from training.result import DatasetInfo, TrainedModel
 
@@ -215,22 +216,24 @@ def build_repository(root: Path) -> Path:
 
 # -- server processes ----------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_started = itertools.count()
 
 
 @dataclass
 class ServerProcess:
-    """``python -m serving`` as a child process on free 127.0.0.1 ports."""
+    """``python -m serving`` as a child process on 127.0.0.1, on ports the kernel picks.
+
+    The server is started with ``--grpc-port 0 --metrics-port 0`` and the bound ports are
+    read back from its log (serving.logs.bound_ports), so parallel runs never race for a
+    port. ``--device cpu`` unless the test passes its own ``--device``: tests that assert
+    on the provider or compare numbers with a CPU session must not depend on the host.
+    """
 
     repository: Path
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    port: int = 0
+    metrics_port: int = 0
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -239,6 +242,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, log_dir: Path, timeout: float = 60.0, tls_ca: Path | None = None) -> None:
+        device = [] if "--device" in self.args else ["--device", "cpu"]
         command = [
             PYTHON, "-m", "serving",
             "--model-repository", str(self.repository),
@@ -246,15 +250,33 @@ class ServerProcess:
             "--metrics-port", str(self.metrics_port),
             "--poll-interval", "0.2",
             "--grace-seconds", "10",
+            "--log-level", "info",
+            *device,
             *self.args,
         ]  # fmt: skip
-        self.log_path = log_dir / f"server-{self.port}.log"
+        self.log_path = log_dir / f"server-{os.getpid()}-{next(_started)}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        self.wait_serving(timeout, tls_ca)
+        deadline = time.monotonic() + timeout
+        self.wait_listening(deadline)
+        self.wait_serving(max(deadline - time.monotonic(), 1.0), tls_ca)
+
+    def wait_listening(self, deadline: float) -> None:
+        """Read the bound ports from the log (metrics only when metrics are on)."""
+        metrics = "--no-metrics" not in self.args
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            grpc_port, metrics_port = bound_ports(self.log())
+            if grpc_port is not None and (metrics_port is not None or not metrics):
+                self.port, self.metrics_port = grpc_port, metrics_port or 0
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"server logged no listening port in time:\n{self.log()}")
 
     def channel(self, tls_ca: Path | None = None) -> grpc.Channel:
         if tls_ca is None:
