@@ -22,22 +22,28 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnx
+import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import format_config
 from protos import model_config_pb2 as mc
+from serving.client import Client, predict_request
 from serving.logs import bound_ports
+from serving.metrics import DROP_REASONS
 from training.export import ExportSettings, export_trained_model
 from training.result import DatasetInfo, TrainedModel
 
@@ -329,3 +335,60 @@ def settle(calls: list[grpc.Future]) -> list[tuple[grpc.StatusCode, str]]:
         except grpc.RpcError as error:
             outcomes.append((error.code(), error.details() or ""))
     return outcomes
+
+
+# -- metrics of a live server ---------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+SLOW_ROW = np.ones((1, 4), np.float32)
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples) -> Callable[..., float]:
+    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+
+def expire_one_while_queued(server, client: Client) -> Callable[..., float]:
+    """Queue a 30 ms-deadline request behind two 'slow' executions; returns the deltas.
+
+    One busy execution (~40 ms here) is not enough: the deadline (sleep + 30 ms) and the
+    end of that execution race. The second busy request has max_batch_size rows, so it
+    runs alone, after the first, and the short request waits at least one whole
+    execution in the queue after its deadline, whatever the machine's speed.
+    """
+    before = scrape(server.metrics_port)
+    first = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
+    time.sleep(0.01)
+    full = np.ones((4, 4), np.float32)  # the slow model's max_batch_size
+    second = client.stub.Predict.future(predict_request("slow", full), timeout=30)
+    time.sleep(0.005)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.predict("slow", SLOW_ROW, timeout=0.03)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first.result()
+    second.result()
+    # The batcher skips the expired entry when it reaches it: allow it that moment.
+    ends = time.monotonic() + 5
+    while True:
+        d = delta(before, scrape(server.metrics_port))
+        if drops_of(d) >= 1 or time.monotonic() > ends:
+            return d
+        time.sleep(0.05)
+
+
+def drops_of(d: Callable[..., float]) -> float:
+    slow = {"model": "slow", "version": "1"}
+    return sum(d("d2lserve_dropped_requests_total", **slow, reason=r) for r in DROP_REASONS)

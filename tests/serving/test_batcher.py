@@ -132,31 +132,47 @@ def test_batches_never_exceed_max_batch_size() -> None:
     run(body)
 
 
-async def _trickle(batcher: Batcher, count: int, futures: list) -> None:
-    """One request per event-loop pass: arrivals keep coming."""
-    for i in range(count):
+async def _trickle_for(batcher: Batcher, seconds: float, futures: list) -> None:
+    """One single-row request per event-loop pass for ``seconds``: arrivals never pause."""
+    ends = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < ends:
         futures.append(batcher.submit(rows(i)))
+        i += 1
         await asyncio.sleep(0)
 
 
-def test_collection_stops_at_a_preferred_batch_size() -> None:
+def test_collection_stops_at_a_preferred_batch_size_while_arrivals_continue() -> None:
+    """Arrivals keep coming, the delay is long: only the preferred size ends the batch."""
+
     async def body() -> None:
         policy = BatchingPolicy(
             max_batch_size=64, preferred_batch_sizes=(3,), max_queue_delay_microseconds=5_000_000
         )
         batcher, model, _ = make(policy)
         futures: list = []
-        started = time.perf_counter()
-        await _trickle(batcher, 3, futures)
-        await asyncio.gather(*futures)
-        assert model.batches == [3]
-        assert time.perf_counter() - started < 2.0
+        producer = asyncio.create_task(_trickle_for(batcher, 10.0, futures))
+        while not futures:
+            await asyncio.sleep(0)
+        first = await futures[0]
+        producer.cancel()
+        # Without the preferred size the batch would keep collecting for the 5 s delay
+        # (or up to 64 rows) while requests keep arriving.
+        assert model.batches[0] == 3
+        np.testing.assert_array_equal(first[0], rows(0) * 2)
+        await asyncio.gather(*futures, return_exceptions=True)
         await batcher.close()
 
     run(body)
 
 
 def test_collection_stops_after_max_queue_delay_while_arrivals_continue() -> None:
+    """The first batch runs about max_queue_delay after its first request, not later.
+
+    Requests keep arriving for 10 s; with a 50 ms delay the first result must come within
+    1 s (20x margin for a loaded 2-core machine), and not before the delay has passed.
+    """
+
     async def body() -> None:
         delay = 0.05
         policy = BatchingPolicy(
@@ -164,16 +180,18 @@ def test_collection_stops_after_max_queue_delay_while_arrivals_continue() -> Non
         )
         batcher, model, _ = make(policy)
         futures: list = []
-        producer = asyncio.create_task(_trickle(batcher, 100_000, futures))
+        started = time.perf_counter()
+        producer = asyncio.create_task(_trickle_for(batcher, 10.0, futures))
         while not futures:
             await asyncio.sleep(0)
         first = await futures[0]
+        waited = time.perf_counter() - started
         producer.cancel()
         assert first[0].shape == (1, 2)
-        assert model.batches[0] > 1  # it did collect while requests kept arriving
-        started = time.perf_counter()
+        assert delay <= waited < 1.0
+        # It collected while arrivals continued, and the delay (not the size) ended it.
+        assert 1 < model.batches[0] < min(len(futures), policy.max_batch_size)
         await asyncio.gather(*futures, return_exceptions=True)
-        assert time.perf_counter() - started < 5
         await batcher.close()
 
     run(body)
@@ -234,6 +252,30 @@ def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
             await expired
         assert model.batches == [1, 1]
         assert sorted(metrics.dropped_reasons) == ["cancelled", "deadline"]
+        assert metrics.inflight_now == 0
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_request_cancelled_after_its_deadline_passed_counts_as_a_deadline_drop() -> None:
+    """gRPC cancels a call when its deadline passes; the drop's reason is the deadline."""
+
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        expired = batcher.submit(rows(1), deadline=time.perf_counter() + 0.01)
+        await asyncio.sleep(0.05)
+        expired.cancel()  # what the gRPC server does when the deadline passes
+        model.release.set()
+        await running
+        await batcher.submit(rows(2))
+        assert model.batches == [1, 1]
+        assert metrics.dropped_reasons == ["deadline"]
         assert metrics.inflight_now == 0
         await batcher.close()
 
