@@ -74,7 +74,10 @@ def test_nan_and_inf_are_refused_with_their_position(bad: float) -> None:
 
 def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
     array = np.full((1, 1, 8, 8), 3e38, dtype=np.float32)
-    decode_predict(tensor(array), IMAGE, MODEL, max_rows=64)
+    array[0, 0, 0, 0] = -3e38  # finite extremes of both signs
+    decoded = decode_predict(tensor(array), IMAGE, MODEL, max_rows=64)
+    np.testing.assert_array_equal(decoded, array)
+    assert decoded.dtype == np.float32 and decoded.shape == (1, 1, 8, 8)
 
 
 def test_no_row_limit_when_max_rows_is_zero() -> None:
