@@ -91,7 +91,15 @@ def _trained(kind: str, net: nn.Module, info: DatasetInfo, holdout: torch.Tensor
     )
 
 
-def export_mlp(repository: Path, seed: int = 0) -> Path:
+# The suite's small settings: one version, no preferred sizes, a 2 ms delay.
+# test_production_defaults.py passes ExportSettings() to serve the exporter's defaults.
+TEST_EXPORT = ExportSettings(
+    max_batch_size=64, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
+    num_versions=1, verify_rows=40,
+)  # fmt: skip
+
+
+def export_mlp(repository: Path, seed: int = 0, settings: ExportSettings = TEST_EXPORT) -> Path:
     """An untrained digits-shaped MLP through training.export (the real exporter)."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
@@ -106,10 +114,6 @@ def export_mlp(repository: Path, seed: int = 0) -> Path:
         input_range=(0.0, 1.0),
     )
     trained = _trained("mlp", net, info, torch.rand(40, 1, 8, 8))
-    settings = ExportSettings(
-        max_batch_size=64, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
-        num_versions=1, verify_rows=40,
-    )  # fmt: skip
     return export_trained_model(trained, repository, "mlp", settings)
 
 
