@@ -146,7 +146,8 @@ def decode_predict(
 ) -> np.ndarray:
     """The input array of a PredictRequest, validated against the model's input."""
     dtype = PREDICT_DTYPES.get(tensor.dtype)
-    if dtype != spec.dtype:
+    # "is None" first: numpy reads None as float64, so None == np.dtype("<f8") is True.
+    if dtype is None or dtype != spec.dtype:
         received = (
             predict_pb2.DataType.Name(tensor.dtype)
             if tensor.dtype in PREDICT_DTYPES or tensor.dtype == 0
@@ -173,7 +174,7 @@ def decode_kserve(
         )
     tensor = request.inputs[0]
     dtype = KSERVE_DTYPES.get(tensor.datatype)
-    if dtype != spec.dtype:
+    if dtype is None or dtype != spec.dtype:  # None == np.dtype("<f8") in numpy
         raise InvalidInputError(
             f"input '{spec.name}' has datatype {tensor.datatype or '(empty)'}; {model} expects "
             f"{spec.kserve_dtype}"
@@ -195,7 +196,14 @@ def decode_kserve(
                 f"input '{spec.name}' has {len(values)} values in contents; shape "
                 f"{_shape_text(shape)} needs {count}"
             )
-        array = np.asarray(values, dtype=dtype).reshape(shape)
+        try:
+            array = np.asarray(values, dtype=dtype).reshape(shape)
+        except OverflowError:  # e.g. uint_contents (uint32 on the wire) for a UINT8 input
+            info = np.iinfo(dtype)
+            raise InvalidInputError(
+                f"input '{spec.name}' has values in contents outside {tensor.datatype}'s range "
+                f"{info.min}..{info.max}"
+            ) from None
     check_finite(array, spec, model)
     return array
 

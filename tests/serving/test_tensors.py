@@ -161,3 +161,24 @@ def test_top_k_matches_a_full_sort_for_every_row(k: int) -> None:
         assert [c.index for c in row.classes] == best
         assert [c.label for c in row.classes] == [labels[i] for i in best]
         assert [c.score for c in row.classes] == expected[best].tolist()
+
+
+def test_typed_uint8_values_above_255_are_refused_not_wrapped() -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="UINT8", shape=[1, 2])
+    request = pb.ModelInferRequest(inputs=[tensor])
+    request.inputs[0].contents.uint_contents.extend([7, 256])
+    spec = TensorSpec("input", np.dtype("u1"), (-1, 2))
+    with pytest.raises(InvalidInputError, match=r"outside UINT8's range 0\.\.255"):
+        decode_kserve(request, spec, MODEL, 64)
+
+
+def test_an_unknown_dtype_is_refused_for_a_float64_input_too() -> None:
+    """numpy compares None equal to float64: an unknown dtype must not slip through."""
+    spec = TensorSpec("input", np.dtype("<f8"), (-1, 1))
+    unspecified = predict_pb2.Tensor(shape=[1, 1], data=bytes(8))
+    with pytest.raises(InvalidInputError, match=r"has dtype DATA_TYPE_UNSPECIFIED; .* FLOAT64"):
+        decode_predict(unspecified, spec, MODEL, 64)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="", shape=[1, 1])
+    request = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[bytes(8)])
+    with pytest.raises(InvalidInputError, match=r"has datatype \(empty\); .* expects FP64"):
+        decode_kserve(request, spec, MODEL, 64)
