@@ -17,4 +17,6 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.register_profile("thorough", parent=settings.get_profile("default"), max_examples=5000)
+# `make mutate` runs the property tests once per mutant: fewer examples, same seed.
+settings.register_profile("mutation", parent=settings.get_profile("default"), max_examples=40)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))

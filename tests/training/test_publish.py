@@ -21,6 +21,12 @@ def entries(path: Path) -> list[str]:
     return sorted(p.name for p in path.iterdir())
 
 
+def assert_file_exists(error: OSError, target: Path, code: int = errno.EEXIST) -> None:
+    """The error names the taken target, with the errno and its text."""
+    assert isinstance(error, FileExistsError)
+    assert (error.errno, error.strerror, error.filename) == (code, os.strerror(code), str(target))
+
+
 def test_first_version_is_1_complete_and_readable_by_others(tmp_path: Path) -> None:
     model_dir = tmp_path / "models" / "mlp"  # created on the way
     target = publish.publish_version(model_dir, {"model.onnx": b"graph", "metrics.json": b"{}"})
@@ -32,7 +38,7 @@ def test_first_version_is_1_complete_and_readable_by_others(tmp_path: Path) -> N
 
 
 def test_publish_moves_on_when_the_version_number_was_taken_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     model_dir = tmp_path / "mlp"
     (model_dir / "1").mkdir(parents=True)
@@ -40,8 +46,12 @@ def test_publish_moves_on_when_the_version_number_was_taken_meanwhile(
     numbers = iter([1])  # a writer that looked before version 1 appeared
     real = publish.next_version
     monkeypatch.setattr(publish, "next_version", lambda d: next(numbers, None) or real(d))
-    target = publish.publish_version(model_dir, {"model.onnx": b"second writer"})
+    with caplog.at_level("INFO", logger="training.publish"):
+        target = publish.publish_version(model_dir, {"model.onnx": b"second writer"})
     assert target == model_dir / "2"
+    assert caplog.messages == [
+        f"version {model_dir / '1'} was taken by another writer; trying the next"
+    ]
     assert (model_dir / "1" / "model.onnx").read_bytes() == b"first writer"
     assert (model_dir / "2" / "model.onnx").read_bytes() == b"second writer"
     assert entries(model_dir) == ["1", "2"]
@@ -54,8 +64,9 @@ def test_publish_gives_up_after_100_taken_numbers_and_cleans_up(
     (model_dir / "1").mkdir(parents=True)
     tries = []
     monkeypatch.setattr(publish, "next_version", lambda d: tries.append(d) or 1)
-    with pytest.raises(FileExistsError, match="no free version number after 100 attempts"):
+    with pytest.raises(FileExistsError, match="no free version number after 100 attempts") as e:
         publish.publish_version(model_dir, {"model.onnx": b"x"})
+    assert (e.value.errno, e.value.filename) == (errno.EEXIST, str(model_dir))
     assert len(tries) == 100
     assert entries(model_dir) == ["1"]
 
@@ -76,7 +87,8 @@ def test_an_interrupted_publish_leaves_no_version_and_no_staging(
     monkeypatch.setattr(publish, "write_synced", write)
     with pytest.raises(type(failure)):
         publish.publish_version(model_dir, {"a": b"1", "b": b"2"})
-    assert written and written[0].parent.name.startswith(STAGING_PREFIX)
+    staging = written[0].parent  # staged beside the versions: same file system, atomic rename
+    assert staging.parent == model_dir and staging.name.startswith(STAGING_PREFIX)
     assert entries(model_dir) == []
 
 
@@ -89,8 +101,7 @@ def test_rename_noreplace_renames_and_refuses_existing_targets(tmp_path: Path) -
     for taken in ("3", "file"):  # an empty directory and a file are both refused
         with pytest.raises(FileExistsError) as caught:
             publish.rename_noreplace(tmp_path / "staged", tmp_path / taken)
-        assert caught.value.errno == errno.EEXIST
-        assert caught.value.filename == str(tmp_path / taken)
+        assert_file_exists(caught.value, tmp_path / taken)
     assert (tmp_path / "file").read_bytes() == b"kept"
     assert entries(tmp_path) == ["3", "file", "staged"]
 
@@ -98,8 +109,9 @@ def test_rename_noreplace_renames_and_refuses_existing_targets(tmp_path: Path) -
 def test_rename_noreplace_reports_other_errors_as_oserror(tmp_path: Path) -> None:
     with pytest.raises(OSError) as caught:
         publish.rename_noreplace(tmp_path / "missing", tmp_path / "3")
-    assert caught.value.errno == errno.ENOENT
     assert not isinstance(caught.value, FileExistsError)
+    assert caught.value.errno == errno.ENOENT
+    assert caught.value.strerror == os.strerror(errno.ENOENT)
     assert caught.value.filename == str(tmp_path / "missing")
 
 
@@ -121,8 +133,9 @@ def test_the_fallback_rename_also_refuses_existing_targets(
     monkeypatch.setattr(publish, "_renameat2", renameat2)
     (tmp_path / "staged").mkdir()
     (tmp_path / "3").mkdir()
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as caught:
         publish.rename_noreplace(tmp_path / "staged", tmp_path / "3")
+    assert_file_exists(caught.value, tmp_path / "3")
     publish.rename_noreplace(tmp_path / "staged", tmp_path / "4")
     assert entries(tmp_path) == ["3", "4"]
 
@@ -135,9 +148,12 @@ def test_renameat2_failures_other_than_einval_are_raised(
     with pytest.raises(PermissionError) as caught:
         publish.rename_noreplace(tmp_path / "staged", tmp_path / "4")
     assert caught.value.errno == errno.EACCES
+    assert caught.value.strerror == os.strerror(errno.EACCES)
+    assert caught.value.filename == str(tmp_path / "staged")
     monkeypatch.setattr(publish, "_renameat2", failing_renameat2(errno.EEXIST))
-    with pytest.raises(FileExistsError):
+    with pytest.raises(FileExistsError) as taken:
         publish.rename_noreplace(tmp_path / "staged", tmp_path / "4")
+    assert_file_exists(taken.value, tmp_path / "4")
     assert entries(tmp_path) == ["staged"]
 
 
@@ -153,6 +169,7 @@ def test_the_fallback_turns_a_lost_race_into_file_exists(
     with pytest.raises(FileExistsError) as caught:
         publish.rename_noreplace(tmp_path / "staged", tmp_path / "3")
     assert caught.value.errno in (errno.EEXIST, errno.ENOTEMPTY)
+    assert_file_exists(caught.value, tmp_path / "3", caught.value.errno)
     with pytest.raises(OSError) as missing:
         publish.rename_noreplace(tmp_path / "gone", tmp_path / "5")
     assert not isinstance(missing.value, FileExistsError)

@@ -159,6 +159,18 @@ def test_tensor_disagreements_name_both_sides() -> None:
     ]
 
 
+def test_every_config_tensor_is_checked_after_one_that_is_not_in_the_graph() -> None:
+    cfg = config()
+    del cfg.output[:]
+    cfg.output.add(name="scores", data_type=mc.TYPE_FP32, dims=[10])
+    cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[11])
+    cfg.output.add(name="probabilities", data_type=mc.TYPE_FP32, dims=[10])
+    assert problems(cfg) == [
+        "config output 'scores' is not in the graph (graph has ['logits', 'probabilities'])",
+        "config output 'logits' TYPE_FP32 [11] but the graph has 'logits' TYPE_FP32 [10]",
+    ]
+
+
 def test_dims_may_be_dynamic_in_the_config_but_not_of_another_rank() -> None:
     cfg = config()
     cfg.input[0].dims[:] = [-1, 8, -1]
