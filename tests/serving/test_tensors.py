@@ -8,7 +8,15 @@ import pytest
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
 from serving.errors import InvalidInputError
-from serving.tensors import TensorSpec, add_top_k, decode_kserve, decode_predict
+from serving.tensors import (
+    PREDICT_DTYPE_OF,
+    TensorSpec,
+    add_top_k,
+    array_from_predict,
+    decode_kserve,
+    decode_predict,
+    fill_predict_tensor,
+)
 
 IMAGE = TensorSpec("input", np.dtype("<f4"), (-1, 1, 8, 8))
 MODEL = "model 'mlp' v1"
@@ -182,3 +190,47 @@ def test_an_unknown_dtype_is_refused_for_a_float64_input_too() -> None:
     request = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[bytes(8)])
     with pytest.raises(InvalidInputError, match=r"has datatype \(empty\); .* expects FP64"):
         decode_kserve(request, spec, MODEL, 64)
+
+
+def test_kserve_errors_name_the_model_and_what_it_expects() -> None:
+    short = kserve(images(1))
+    short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+    nan = images(1)
+    nan[0, 0, 0, 0] = np.nan
+    cases = [
+        (
+            kserve(images(1)[:, :, :4], raw=False),
+            "input 'input' has shape [1, 1, 4, 8]; model 'mlp' v1 expects [batch, 1, 8, 8]",
+        ),
+        (short, "input 'input' has 252 bytes of data; shape [1, 1, 8, 8] of float32 needs 256"),
+        (
+            kserve(nan),
+            "input 'input' contains 1 NaN/Inf values (first at index [0, 0, 0, 0]); "
+            "model 'mlp' v1 expects finite numbers",
+        ),
+    ]
+    for request, message in cases:
+        with pytest.raises(InvalidInputError) as caught:
+            decode_kserve(request, IMAGE, MODEL, 64)
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<i4", "<i8", "u1"])
+def test_predict_tensors_written_by_the_server_read_back_on_the_client(dtype: str) -> None:
+    array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+    message = predict_pb2.Tensor()
+    fill_predict_tensor(message, array)
+    assert list(message.shape) == [2, 3, 4]
+    assert message.dtype == PREDICT_DTYPE_OF[np.dtype(dtype)]
+    back = array_from_predict(message)
+    assert back.dtype == np.dtype(dtype) and back.shape == (2, 3, 4)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_top_k_breaks_ties_by_the_lower_class_index() -> None:
+    probabilities = np.full((2, 40), 0.02, dtype=np.float32)
+    probabilities[1, ::3] = 0.03  # 14 tied best classes in row 1
+    labels = tuple(f"c{i}" for i in range(40))
+    rows = top_k(probabilities, 8, labels)
+    assert [c.index for c in rows[0].classes] == list(range(8))
+    assert [c.index for c in rows[1].classes] == [0, 3, 6, 9, 12, 15, 18, 21]
