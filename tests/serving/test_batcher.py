@@ -221,7 +221,10 @@ def test_full_queue_refuses_at_admission() -> None:
         running = batcher.submit(rows(0))
         await wait_running(model)
         queued = [batcher.submit(rows(1)), batcher.submit(rows(2))]
-        with pytest.raises(QueueFullError, match="2 requests are waiting, max_queue_size is 2"):
+        with pytest.raises(
+            QueueFullError,
+            match=r"^model 'fake' v1 is overloaded: 2 requests are waiting, max_queue_size is 2",
+        ):
             batcher.submit(rows(3))
         assert metrics.rejections == 1
         model.release.set()
@@ -248,7 +251,11 @@ def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
         model.release.set()
         await running
         np.testing.assert_array_equal((await alive)[0], rows(3) * 2)
-        with pytest.raises(DeadlineExpiredError, match="deadline expired"):
+        with pytest.raises(
+            DeadlineExpiredError,
+            match=r"^deadline expired after 0\.\d{3} s in the queue of model 'fake' v1, "
+            "before execution$",
+        ):
             await expired
         assert model.batches == [1, 1]
         assert sorted(metrics.dropped_reasons) == ["cancelled", "deadline"]
@@ -318,7 +325,9 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
         futures = [batcher.submit(rows(i)) for i in range(6)]
         await batcher.close()
         assert all(f.done() and f.exception() is None for f in futures)
-        with pytest.raises(ModelUnavailableError, match="unloading"):
+        with pytest.raises(
+            ModelUnavailableError, match=r"^model 'fake' v1 is unloading; retry on another version$"
+        ):
             batcher.submit(rows(9))
 
     run(body)
@@ -330,7 +339,9 @@ def test_close_stops_the_worker_threads_of_every_instance() -> None:
         batcher, _, _ = make(BatchingPolicy(max_batch_size=2, instances=3))
         await batcher.submit(rows(1))
         workers = [t for t in threading.enumerate() if t.ident not in before]
-        assert len(workers) == 3 and all(t.name.startswith("infer-") for t in workers)
+        assert sorted(t.name for t in workers) == [f"infer-model 'fake' v1-{i}" for i in range(3)]
+        assert all(t.daemon for t in workers)  # a stuck session.run must not keep the process
+        assert "batcher model 'fake' v1" in {t.get_name() for t in asyncio.all_tasks()}
         await batcher.close()
         for worker in workers:  # an unloaded version must not leave threads behind
             await asyncio.to_thread(worker.join, 5)
@@ -367,6 +378,77 @@ def test_outputs_with_the_wrong_number_of_rows_are_an_error() -> None:
         for future in futures:
             with pytest.raises(RuntimeError, match="returned 1 rows for a batch of 2"):
                 await future
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_request_that_does_not_fit_ends_the_batch_and_starts_the_next() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=4, max_queue_delay_microseconds=1_000_000)
+        )
+        three, two = batcher.submit(rows(1, 2, 3)), batcher.submit(rows(4, 5))
+        _, second = await asyncio.gather(three, two)
+        assert model.batches == [3, 2]  # 3 + 2 rows would exceed max_batch_size 4
+        np.testing.assert_array_equal(second[0], rows(4, 5) * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_submit_before_start_and_close_without_start_are_handled() -> None:
+    async def body() -> None:
+        batcher = Batcher(FakeModel(), BatchingPolicy(), name="model 'idle' v1")
+        with pytest.raises(ModelUnavailableError, match="model 'idle' v1 is unloading"):
+            batcher.submit(rows(1))
+        await batcher.close()  # nothing started: nothing to wait for
+
+    run(body)
+
+
+def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        batcher, model, _ = make(BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0))
+        model.release.clear()  # the running execution never finishes during close
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        queued = batcher.submit(rows(1))
+        started = time.perf_counter()
+        with caplog.at_level("WARNING", logger="serving.batcher"):
+            await batcher.close(timeout=0.2)
+        assert time.perf_counter() - started < 5
+        with pytest.raises(ModelUnavailableError, match=r"^model 'fake' v1 was unloaded$"):
+            await queued
+        assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]
+        model.release.set()
+        await running
+
+    run(body)
+
+
+def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        batcher = Batcher(FakeModel(), BatchingPolicy(), name="model 'fake' v1")
+
+        async def broken() -> tuple[list, int]:
+            raise RuntimeError("bug")
+
+        batcher._form_batch = broken  # type: ignore[method-assign]
+        with caplog.at_level("ERROR", logger="serving.batcher"):
+            batcher.start()
+            waiting = batcher.submit(rows(1))
+            with pytest.raises(
+                ModelUnavailableError, match=r"^model 'fake' v1 failed: RuntimeError\('bug'\)$"
+            ):
+                await waiting
+        assert caplog.messages == ["event=batcher_failed batcher=\"model 'fake' v1\""]
+        with pytest.raises(ModelUnavailableError, match="unloading"):
+            batcher.submit(rows(2))  # closed: it does not pretend to serve
         await batcher.close()
 
     run(body)
