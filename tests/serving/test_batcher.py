@@ -289,6 +289,31 @@ def test_a_request_cancelled_after_its_deadline_passed_counts_as_a_deadline_drop
     run(body)
 
 
+def test_expired_requests_in_the_middle_of_the_queue_do_not_split_the_batch() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        first = batcher.submit(rows(1))
+        soon = time.perf_counter() + 0.01
+        expired = [batcher.submit(rows(2), deadline=soon), batcher.submit(rows(3), deadline=soon)]
+        last = batcher.submit(rows(4))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.gather(running, first, last)
+        assert model.batches == [1, 2]  # 1 and 4 together; the two expired ones skipped
+        assert metrics.dropped_reasons == ["deadline", "deadline"]
+        for future in expired:
+            with pytest.raises(DeadlineExpiredError):
+                await future
+        await batcher.close()
+
+    run(body)
+
+
 def test_instances_execute_in_parallel() -> None:
     async def body() -> None:
         barrier = threading.Barrier(2, timeout=5)
