@@ -26,12 +26,15 @@ class RecordingMetrics:
         self.batch_rows: list[int] = []
         self.inflight_now = 0
         self.inflight_peak = 0
+        self.waits: list[float] = []
+        self.execution_seconds: list[float] = []
 
     def queue_wait(self, seconds: float) -> None:
-        assert seconds >= 0
+        self.waits.append(seconds)
 
     def execution(self, rows: int, seconds: float) -> None:
         self.batch_rows.append(rows)
+        self.execution_seconds.append(seconds)
 
     def queue_depth(self, depth: int) -> None:
         assert depth >= 0
@@ -101,6 +104,8 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
             np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
         assert (batcher.requests, batcher.rows, batcher.executions) == (10, 20, 1)
         assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
+        assert len(metrics.waits) == 10 and all(0 <= w < 5 for w in metrics.waits)
+        assert len(metrics.execution_seconds) == 1 and 0 < metrics.execution_seconds[0] < 5
         await batcher.close()
 
     run(body)
