@@ -120,6 +120,7 @@ def test_lone_request_does_not_wait_for_the_queue_delay() -> None:
         await batcher.submit(rows(1))
         assert time.perf_counter() - started < 0.5  # far below the 2 s delay
         assert model.batches == [1]
+        assert (batcher.requests, batcher.rows, batcher.executions) == (1, 1, 1)
         await batcher.close()
 
     run(body)
@@ -380,7 +381,9 @@ def test_close_stops_the_worker_threads_of_every_instance() -> None:
     run(body)
 
 
-def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -> None:
+def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def body() -> None:
         calls = []
 
@@ -392,8 +395,14 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -
 
         batcher = Batcher(flaky, BatchingPolicy(max_queue_delay_microseconds=0), name="flaky")
         batcher.start()
-        with pytest.raises(RuntimeError, match="boom"):
+        with (
+            caplog.at_level("ERROR", logger="serving.batcher"),
+            pytest.raises(RuntimeError, match="boom"),
+        ):
             await batcher.submit(rows(1))
+        assert caplog.messages == [
+            "event=execution_failed batcher='flaky' rows=1 error=RuntimeError('boom')"
+        ]
         np.testing.assert_array_equal((await batcher.submit(rows(2)))[0], rows(2))
         await batcher.close()
 
@@ -441,7 +450,9 @@ def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     async def body() -> None:
-        batcher, model, _ = make(BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0))
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0)
+        )
         model.release.clear()  # the running execution never finishes during close
         running = batcher.submit(rows(0))
         await wait_running(model)
@@ -450,6 +461,7 @@ def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
         with caplog.at_level("WARNING", logger="serving.batcher"):
             await batcher.close(timeout=0.2)
         assert time.perf_counter() - started < 5
+        assert metrics.inflight_now == 1  # the running one; the queued one is settled
         with pytest.raises(ModelUnavailableError, match=r"^model 'fake' v1 was unloaded$"):
             await queued
         assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]
@@ -485,15 +497,39 @@ def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
 
 
 @pytest.mark.parametrize(
-    "kwargs",
+    ("kwargs", "message"),
     [
-        {"max_batch_size": 0},
-        {"max_queue_size": 0},
-        {"instances": 0},
-        {"max_queue_delay_microseconds": -1},
-        {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1 with batching on (>= 0 off), got 0"),
+        (
+            {"enabled": False, "max_batch_size": -1},
+            "max_batch_size must be >= 1 with batching on (>= 0 off), got -1",
+        ),
+        ({"max_queue_size": 0}, "max_queue_size must be >= 1, got 0"),
+        ({"instances": 0}, "instances must be >= 1, got 0"),
+        (
+            {"max_queue_delay_microseconds": -1},
+            "max_queue_delay_microseconds must be >= 0, got -1",
+        ),
+        (
+            {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+            "preferred batch size 8 is outside 1..max_batch_size (4)",
+        ),
     ],
 )
-def test_invalid_policies_are_refused(kwargs: dict) -> None:
-    with pytest.raises(SettingsError):
+def test_invalid_policies_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
         BatchingPolicy(**kwargs)
+    assert str(caught.value) == message
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"enabled": False, "max_batch_size": 0},  # no row limit, no merging
+        {"max_queue_size": 1, "instances": 1, "max_queue_delay_microseconds": 0},
+        {"max_batch_size": 1, "preferred_batch_sizes": (1,)},
+    ],
+)
+def test_the_smallest_valid_policies_are_accepted(kwargs: dict) -> None:
+    policy = BatchingPolicy(**kwargs)
+    assert all(getattr(policy, key) == value for key, value in kwargs.items())

@@ -234,3 +234,68 @@ def test_top_k_breaks_ties_by_the_lower_class_index() -> None:
     rows = top_k(probabilities, 8, labels)
     assert [c.index for c in rows[0].classes] == list(range(8))
     assert [c.index for c in rows[1].classes] == [0, 3, 6, 9, 12, 15, 18, 21]
+
+
+FREE = TensorSpec("input", np.dtype("<f4"), (-1, -1, 4))  # a free dimension after the batch
+ZERO = TensorSpec("input", np.dtype("<f4"), (-1, 0))  # a fixed dimension of size 0
+
+
+@pytest.mark.parametrize(
+    ("spec", "shape", "message"),
+    [
+        (FREE, [1, -1, 4], "input 'input' has a negative dimension: [1, -1, 4]"),
+        (
+            FREE,
+            [1, 2, 5],
+            "input 'input' has shape [1, 2, 5]; model 'mlp' v1 expects [batch, ?, 4]",
+        ),
+        (ZERO, [1, 3], "input 'input' has shape [1, 3]; model 'mlp' v1 expects [batch, 0]"),
+        (  # one dimension too few, the last one matches
+            TensorSpec("input", np.dtype("<f4"), (-1, 3, 4)),
+            [1, 4],
+            "input 'input' has shape [1, 4]; model 'mlp' v1 expects [batch, 3, 4]",
+        ),
+        (  # the last dims match, the rank does not
+            TensorSpec("input", np.dtype("<f4"), (-1, 4)),
+            [1, 5, 4],
+            "input 'input' has shape [1, 5, 4]; model 'mlp' v1 expects [batch, 4]",
+        ),
+        (TensorSpec("input", np.dtype("<f4"), (-1,)), [], "input 'input' has shape []; "),
+        (
+            FREE,
+            [65, 1, 4],
+            "input 'input' has 65 rows; model 'mlp' v1 accepts at most 64 (max_batch_size) "
+            "per request",
+        ),
+        (
+            FREE,
+            [0, 1, 4],
+            "input 'input' is an empty batch (shape [0, 1, 4]); send at least one row",
+        ),
+    ],
+)
+def test_shape_checks_of_free_zero_and_missing_dimensions(spec, shape, message) -> None:
+    request = predict_pb2.Tensor(shape=shape, dtype=predict_pb2.FLOAT32, data=b"")
+    with pytest.raises(InvalidInputError) as caught:
+        decode_predict(request, spec, MODEL, 64)
+    assert str(caught.value).startswith(message)
+
+
+def test_exactly_max_rows_and_zero_sized_dims_are_accepted() -> None:
+    assert decode_predict(tensor(images(64)), IMAGE, MODEL, max_rows=64).shape == (64, 1, 8, 8)
+    empty_rows = predict_pb2.Tensor(shape=[2, 0], dtype=predict_pb2.FLOAT32, data=b"")
+    assert decode_predict(empty_rows, ZERO, MODEL, 64).shape == (2, 0)
+
+
+def test_unknown_dtype_numbers_and_nan_messages_are_complete() -> None:
+    with pytest.raises(InvalidInputError) as unknown:
+        decode_predict(tensor(images(1), dtype=99), IMAGE, MODEL, 64)
+    assert str(unknown.value) == "input 'input' has dtype 99; model 'mlp' v1 expects FLOAT32"
+    array = images(1)
+    array[0, 0, 1, 2] = np.inf
+    with pytest.raises(InvalidInputError) as nan:
+        decode_predict(tensor(array), IMAGE, MODEL, 64)
+    assert str(nan.value) == (
+        "input 'input' contains 1 NaN/Inf values (first at index [0, 0, 1, 2]); "
+        "model 'mlp' v1 expects finite numbers"
+    )
