@@ -236,12 +236,12 @@ def test_top_k_breaks_ties_by_the_lower_class_index() -> None:
     assert [c.index for c in rows[1].classes] == [0, 3, 6, 9, 12, 15, 18, 21]
 
 
-FREE = TensorSpec("input", np.dtype("<f4"), (-1, -1, 4))  # a free dimension after the batch
-ZERO = TensorSpec("input", np.dtype("<f4"), (-1, 0))  # a fixed dimension of size 0
+FREE = (-1, -1, 4)  # a free dimension after the batch
+ZERO = (-1, 0)  # a fixed dimension of size 0
 
 
 @pytest.mark.parametrize(
-    ("spec", "shape", "message"),
+    ("dims", "shape", "message"),
     [
         (FREE, [1, -1, 4], "input 'input' has a negative dimension: [1, -1, 4]"),
         (
@@ -251,16 +251,16 @@ ZERO = TensorSpec("input", np.dtype("<f4"), (-1, 0))  # a fixed dimension of siz
         ),
         (ZERO, [1, 3], "input 'input' has shape [1, 3]; model 'mlp' v1 expects [batch, 0]"),
         (  # one dimension too few, the last one matches
-            TensorSpec("input", np.dtype("<f4"), (-1, 3, 4)),
+            (-1, 3, 4),
             [1, 4],
             "input 'input' has shape [1, 4]; model 'mlp' v1 expects [batch, 3, 4]",
         ),
         (  # the last dims match, the rank does not
-            TensorSpec("input", np.dtype("<f4"), (-1, 4)),
+            (-1, 4),
             [1, 5, 4],
             "input 'input' has shape [1, 5, 4]; model 'mlp' v1 expects [batch, 4]",
         ),
-        (TensorSpec("input", np.dtype("<f4"), (-1,)), [], "input 'input' has shape []; "),
+        ((-1,), [], "input 'input' has shape []; "),
         (
             FREE,
             [65, 1, 4],
@@ -274,7 +274,8 @@ ZERO = TensorSpec("input", np.dtype("<f4"), (-1, 0))  # a fixed dimension of siz
         ),
     ],
 )
-def test_shape_checks_of_free_zero_and_missing_dimensions(spec, shape, message) -> None:
+def test_shape_checks_of_free_zero_and_missing_dimensions(dims, shape, message) -> None:
+    spec = TensorSpec("input", np.dtype("<f4"), dims)  # built here, not at collection
     request = predict_pb2.Tensor(shape=shape, dtype=predict_pb2.FLOAT32, data=b"")
     with pytest.raises(InvalidInputError) as caught:
         decode_predict(request, spec, MODEL, 64)
@@ -284,7 +285,8 @@ def test_shape_checks_of_free_zero_and_missing_dimensions(spec, shape, message) 
 def test_exactly_max_rows_and_zero_sized_dims_are_accepted() -> None:
     assert decode_predict(tensor(images(64)), IMAGE, MODEL, max_rows=64).shape == (64, 1, 8, 8)
     empty_rows = predict_pb2.Tensor(shape=[2, 0], dtype=predict_pb2.FLOAT32, data=b"")
-    assert decode_predict(empty_rows, ZERO, MODEL, 64).shape == (2, 0)
+    zero = TensorSpec("input", np.dtype("<f4"), ZERO)
+    assert decode_predict(empty_rows, zero, MODEL, 64).shape == (2, 0)
 
 
 def test_unknown_dtype_numbers_and_nan_messages_are_complete() -> None:
