@@ -8,8 +8,9 @@ STAMP := $(VENV)/.installed
 MODELS ?= models
 GRPC_PORT ?= 8001
 METRICS_PORT ?= 8002
+MUTATE_JOBS ?= 2
 
-.PHONY: venv system-deps protos train serve demo test lint bench loadtest container-test clean
+.PHONY: venv system-deps protos train serve demo test lint bench loadtest mutate container-test clean
 
 venv: $(STAMP)
 
@@ -53,8 +54,15 @@ bench: $(STAMP)
 	$(PY) bench/train_speed.py
 	$(PY) bench/serve_bench.py
 
+# Mutation testing (mutmut; [tool.mutmut] in pyproject.toml names the modules and tests).
+# Not part of `make test`: about 10-20 minutes on 2 cores. Figures: docs/testing.md.
+mutate: $(STAMP)
+	rm -rf mutants
+	HYPOTHESIS_PROFILE=mutation $(VENV)/bin/mutmut run --max-children $(MUTATE_JOBS) || true
+	$(PY) scripts/mutation_report.py --equivalent docs/mutation-equivalent.txt
+
 loadtest: $(STAMP)
 	$(PY) -m serving.loadtest --target 127.0.0.1:$(GRPC_PORT) --model mlp --concurrency 16 --duration 10
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache mutants

@@ -30,12 +30,11 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -121,20 +120,10 @@ async def null_server(port: int) -> None:
     call and nothing else, the ceiling for any Python grpc.aio handler on this machine.
     """
     import grpc
-    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
-    from model_repository import metadata as meta
     from protos import grpc_service_pb2, predict_pb2
 
-    info = predict_pb2.ModelInfo(
-        name="mlp",
-        version=1,
-        task="classification",
-        inputs=[
-            predict_pb2.TensorSpec(name="input", dtype=predict_pb2.FLOAT32, shape=[-1, 1, 28, 28])
-        ],
-        metadata={meta.INPUT_RANGE: "[0.0, 1.0]"},
-    ).SerializeToString()
+    info = model_info("mlp")
     answer = predict_pb2.PredictResponse(
         model="mlp",
         version=1,
@@ -174,21 +163,111 @@ async def null_server(port: int) -> None:
             ),
         )
     )
+    await serve_until_terminated(server, port)
+
+
+async def serve_until_terminated(server, port: int) -> None:
+    """Add health, bind (port 0: the kernel picks), log the port as serving does, serve."""
+    from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
     health_servicer = health.aio.HealthServicer()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
     await server.start()
+    print(f"event=listening address=127.0.0.1:{bound}", flush=True)  # serving.logs.bound_ports
     await server.wait_for_termination()
 
 
+def model_info(name: str) -> bytes:
+    """GetModel's answer for ``name`` (both models take 1x28x28 in [0, 1]): what the load
+    tester reads to build its requests."""
+    from model_repository import metadata as meta
+    from protos import predict_pb2
+
+    return predict_pb2.ModelInfo(
+        name=name,
+        version=1,
+        task="classification",
+        inputs=[
+            predict_pb2.TensorSpec(name="input", dtype=predict_pb2.FLOAT32, shape=[-1, 1, 28, 28])
+        ],
+        metadata={meta.INPUT_RANGE: "[0.0, 1.0]"},
+    ).SerializeToString()
+
+
+async def direct_server(port: int, repository: Path) -> None:
+    """grpc.aio on uvloop whose Predict calls ``session.run`` itself: no batcher at all.
+
+    Each request is parsed, validated (serving.tensors.decode_predict) and run alone in one
+    worker thread with the server's session settings (1 intra-op thread), and its
+    probabilities are returned; no queue, no merging, no metrics. This is the "no batching"
+    side of a batching-vs-none claim; ``--no-batching`` is still the batcher (its queue,
+    worker thread and bookkeeping) with merging turned off.
+    """
+    import asyncio
+    from concurrent.futures import ThreadPoolExecutor
+
+    import grpc
+    import numpy as np
+    import onnxruntime as ort
+
+    from protos import predict_pb2
+    from serving.errors import InvalidInputError
+    from serving.tensors import TensorSpec, decode_predict, fill_predict_tensor
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.inter_op_num_threads = 1
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sessions = {
+        path.parent.parent.name: ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"]
+        )
+        for path in sorted(repository.glob("*/1/model.onnx"))
+    }
+    spec = TensorSpec("input", np.dtype("<f4"), (-1, 1, 28, 28))
+    infos = {name: model_info(name) for name in sessions}
+    executor = ThreadPoolExecutor(1, thread_name_prefix="direct")
+    loop = asyncio.get_running_loop()
+
+    async def get_model(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        name = predict_pb2.GetModelRequest.FromString(request).name
+        if name not in infos:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {name!r} not found")
+        return infos[name]
+
+    async def predict(request: bytes, context: grpc.aio.ServicerContext) -> bytes:
+        message = predict_pb2.PredictRequest.FromString(request)
+        session = sessions.get(message.model)
+        if session is None:
+            await context.abort(grpc.StatusCode.NOT_FOUND, f"model {message.model!r} not found")
+        try:
+            array = decode_predict(message.input, spec, f"model '{message.model}' v1", 256)
+        except InvalidInputError as error:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        outputs = await loop.run_in_executor(executor, session.run, None, {"input": array})
+        response = predict_pb2.PredictResponse(model=message.model, version=1)
+        fill_predict_tensor(response.probabilities, outputs[-1])
+        return response.SerializeToString()
+
+    server = grpc.aio.server()
+    server.add_generic_rpc_handlers(
+        (
+            grpc.method_handlers_generic_handler(
+                "d2lserve.v1.PredictionService",
+                {
+                    "GetModel": grpc.unary_unary_rpc_method_handler(get_model),
+                    "Predict": grpc.unary_unary_rpc_method_handler(predict),
+                },
+            ),
+        )
+    )
+    await serve_until_terminated(server, port)
+
+
 # -- processes ----------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def pinned(core: int | None, command: list[str]) -> list[str]:
@@ -197,14 +276,19 @@ def pinned(core: int | None, command: list[str]) -> list[str]:
 
 @dataclass
 class Server:
-    """``python -m serving`` pinned to one core, on free ports."""
+    """``python -m serving`` (or a baseline server) pinned to one core.
+
+    Started on port 0 (gRPC and metrics); the ports the kernel chose are read back from the
+    server's log (``event=listening`` / ``event=metrics_listening``), so nothing can take
+    a port between choosing and binding it.
+    """
 
     repository: Path
     flags: list[str]
     core: int | None
     log_dir: Path
-    port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    port: int = 0
+    metrics_port: int = 0
     process: subprocess.Popen | None = None
 
     @property
@@ -215,16 +299,36 @@ class Server:
         import grpc
         from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+        from serving.logs import bound_ports
+
+        this = str(Path(__file__).resolve())
         if self.flags == [NULL_SERVER]:
-            serve = [PYTHON, str(Path(__file__).resolve()), NULL_SERVER, str(self.port)]
-        else:
+            serve = [PYTHON, this, NULL_SERVER, "0"]
+        elif self.flags == [DIRECT_SERVER]:
+            serve = [PYTHON, this, DIRECT_SERVER, str(self.repository)]
+        else:  # info level: the listening lines carry the ports (lifecycle events only)
             serve = [PYTHON, "-m", "serving", "--model-repository", str(self.repository),
-                     "--grpc-port", str(self.port), "--metrics-port", str(self.metrics_port),
-                     "--poll-interval", "0", "--log-level", "warning", *self.flags]  # fmt: skip
+                     "--grpc-port", "0", "--metrics-port", "0",
+                     "--poll-interval", "0", "--log-level", "info", *self.flags]  # fmt: skip
         command = pinned(self.core, serve)
-        log = (self.log_dir / f"server-{self.port}.log").open("wb")
+        name = "-".join(f.strip("-") for f in self.flags) or "batching"
+        log_path = self.log_dir / f"server-{name}.log"
+        log = log_path.open("wb")
         self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + 120
+        metrics = not self.flags or self.flags[0] not in (
+            NULL_SERVER,
+            DIRECT_SERVER,
+            "--no-metrics",
+        )
+        while time.monotonic() < deadline:
+            grpc_port, metrics_port = bound_ports(log_path.read_text(errors="replace"))
+            if grpc_port is not None and (metrics_port is not None or not metrics):
+                self.port, self.metrics_port = grpc_port, metrics_port or 0
+                break
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited: see {log.name}")
+            time.sleep(0.05)
         with grpc.insecure_channel(self.target) as channel:
             stub = health_pb2_grpc.HealthStub(channel)
             while time.monotonic() < deadline:
@@ -264,9 +368,13 @@ class Case:
 
 
 NULL_SERVER = "--null-server"
+DIRECT_SERVER = "--direct-server"
+# "merging off" is `python -m serving --no-batching`: every request still goes through the
+# batcher's queue and worker thread, alone. "direct" has no batcher at all (direct_server).
 SERVERS = {
     "batching": [],
-    "no-batching": ["--no-batching"],
+    "merging-off": ["--no-batching"],
+    "direct": [DIRECT_SERVER],
     "no-metrics": ["--no-metrics"],
     "asyncio-loop": ["--event-loop", "asyncio"],
     "null": [NULL_SERVER],
@@ -280,11 +388,15 @@ CASES = [
     Case("batching stream c64", "batching", api="stream", concurrency=64),
     Case("batching stream c64, 4 streams", "batching", api="stream", concurrency=64, streams=4),
     Case("batching wide c64", "batching", model="wide", concurrency=64),
-    Case("no-batching c1", "no-batching", concurrency=1),
-    Case("no-batching c16", "no-batching", concurrency=16),
-    Case("no-batching c64", "no-batching", concurrency=64),
-    Case("no-batching 64 rows c16", "no-batching", concurrency=16, rows=64),
-    Case("no-batching wide c64", "no-batching", model="wide", concurrency=64),
+    Case("merging off c1", "merging-off", concurrency=1),
+    Case("merging off c16", "merging-off", concurrency=16),
+    Case("merging off c64", "merging-off", concurrency=64),
+    Case("merging off 64 rows c16", "merging-off", concurrency=16, rows=64),
+    Case("merging off wide c64", "merging-off", model="wide", concurrency=64),
+    Case("direct session.run c1", "direct", concurrency=1),
+    Case("direct session.run c64", "direct", concurrency=64),
+    Case("direct session.run 64 rows c16", "direct", concurrency=16, rows=64),
+    Case("direct session.run wide c64", "direct", model="wide", concurrency=64),
     Case("no-metrics c64", "no-metrics", concurrency=64),
     Case("asyncio loop c64", "asyncio-loop", concurrency=64),
     Case("null grpc.aio c1", "null", concurrency=1),
@@ -315,7 +427,7 @@ def run_case(case: Case, server: Server, args: argparse.Namespace, out_dir: Path
     report_path = out_dir / f"{case.name.replace(' ', '_')}.json"
     metrics = (
         ["--no-server-metrics"]
-        if case.server in ("no-metrics", "null")
+        if case.server in ("no-metrics", "null", "direct")
         else ["--metrics-url", f"http://127.0.0.1:{server.metrics_port}/metrics"]
     )
     command = pinned(
@@ -394,11 +506,22 @@ def print_results(
 
     print("\n### Ratios\n")
     lines = [
-        ("batching / no-batching, c1", ratio(rps("batching c1"), rps("no-batching c1"))),
-        ("batching / no-batching, c16", ratio(rps("batching c16"), rps("no-batching c16"))),
-        ("batching / no-batching, c64", ratio(rps("batching c64"), rps("no-batching c64"))),
-        ("batching / no-batching, 64 rows c16",
-         ratio(rows("batching 64 rows c16"), rows("no-batching 64 rows c16"))),
+        ("batching / batcher with merging off, c1",
+         ratio(rps("batching c1"), rps("merging off c1"))),
+        ("batching / batcher with merging off, c16",
+         ratio(rps("batching c16"), rps("merging off c16"))),
+        ("batching / batcher with merging off, c64",
+         ratio(rps("batching c64"), rps("merging off c64"))),
+        ("batching / batcher with merging off, 64 rows c16",
+         ratio(rows("batching 64 rows c16"), rows("merging off 64 rows c16"))),
+        ("batching / direct session.run (no batcher), c1",
+         ratio(rps("batching c1"), rps("direct session.run c1"))),
+        ("batching / direct session.run (no batcher), c64",
+         ratio(rps("batching c64"), rps("direct session.run c64"))),
+        ("batching / direct session.run (no batcher), 64 rows c16",
+         ratio(rows("batching 64 rows c16"), rows("direct session.run 64 rows c16"))),
+        ("wide: batching / direct session.run (no batcher), c64",
+         ratio(rps("batching wide c64"), rps("direct session.run wide c64"))),
         ("stream / unary kserve, c64",
          ratio(rps("batching stream c64"), rps("batching kserve c64"))),
         ("stream / unary predict, c64", ratio(rps("batching stream c64"), rps("batching c64"))),
@@ -410,8 +533,8 @@ def print_results(
          ratio(rps("batching c64"), rps("null grpc.aio c64"))),
         ("null server: stream / unary, c64",
          ratio(rps("null grpc.aio stream c64"), rps("null grpc.aio c64"))),
-        ("wide: batching / no-batching, c64",
-         ratio(rps("batching wide c64"), rps("no-batching wide c64"))),
+        ("wide: batching / batcher with merging off, c64",
+         ratio(rps("batching wide c64"), rps("merging off wide c64"))),
         ("service c64 req/s / in-process ORT batch-1 calls/s",
          ratio(rps("batching c64"), ort["1"])),
         ("service 64-row rows/s / in-process ORT batch-64 rows/s",
@@ -425,7 +548,8 @@ def print_results(
     rows64 = rows("batching 64 rows c16")
     stream = ratio(rps("batching stream c64"), rps("batching kserve c64"))
     streams4 = ratio(rps("batching stream c64, 4 streams"), rps("batching kserve c64"))
-    wide = ratio(rps("batching wide c64"), rps("no-batching wide c64"))
+    wide = ratio(rps("batching wide c64"), rps("merging off wide c64"))
+    wide_direct = ratio(rps("batching wide c64"), rps("direct session.run wide c64"))
     targets: list[tuple[str, bool | None, str]] = [
         ("(a) c64 >= 3,500 req/s, p99 < 25 ms",
          None if c64 is None else c64 >= 3500 and (c64_p99 or 1e9) < 25,
@@ -438,8 +562,10 @@ def print_results(
          f"{fmt(stream, 2)}x kserve unary"),
         ("(d) stream c64 >= 2x unary c64 (4 streams)",
          None if streams4 is None else streams4 >= 2.0, f"{fmt(streams4, 2)}x kserve unary"),
-        ("(e) wide: batching >= 3x no-batching at c64", None if wide is None else wide >= 3.0,
-         f"{fmt(wide, 2)}x"),
+        ("(e) wide: batching >= 3x the batcher with merging off (--no-batching) at c64",
+         None if wide is None else wide >= 3.0, f"{fmt(wide, 2)}x"),
+        ("(e') wide: batching >= 3x direct session.run (no batcher) at c64",
+         None if wide_direct is None else wide_direct >= 3.0, f"{fmt(wide_direct, 2)}x"),
     ]  # fmt: skip
     print("\n### Targets\n")
     for label, met, value in targets:
@@ -609,12 +735,18 @@ def main() -> int:
     parser.add_argument("--keep", type=Path, help="keep the repository and reports here")
     parser.add_argument("--ort-worker", type=Path, help=argparse.SUPPRESS)
     parser.add_argument(NULL_SERVER, type=int, help=argparse.SUPPRESS)
+    parser.add_argument(DIRECT_SERVER, type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--ort-seconds", type=float, default=1.0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.null_server is not None:  # internal: the gRPC floor
         import uvloop
 
         uvloop.run(null_server(args.null_server))
+        return 0
+    if args.direct_server is not None:  # internal: Predict without a batcher
+        import uvloop
+
+        uvloop.run(direct_server(0, args.direct_server))
         return 0
     if args.ort_worker is not None:  # internal: the pinned in-process baseline
         print(json.dumps(ort_rows_per_second(args.ort_worker, [1, 64, 256], args.ort_seconds)))

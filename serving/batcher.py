@@ -306,21 +306,24 @@ class Batcher:
         now = perf_counter()
         while queue:
             item = queue[0]
-            if item.future.done():  # the caller cancelled (or gave up) while queued
-                queue.popleft()
-                self._settled += 1
-                self._metrics.dropped("cancelled")
-                continue
+            # Deadline first: gRPC cancels a call whose deadline passed, so its future is
+            # usually cancelled already; the reason it is dropped is still the deadline.
             if item.deadline is not None and now >= item.deadline:
                 queue.popleft()
                 self._settled += 1
                 self._metrics.dropped("deadline")
-                item.future.set_exception(
-                    DeadlineExpiredError(
-                        f"deadline expired after {now - item.enqueued:.3f} s in the queue of "
-                        f"{self.name}, before execution"
+                if not item.future.done():
+                    item.future.set_exception(
+                        DeadlineExpiredError(
+                            f"deadline expired after {now - item.enqueued:.3f} s in the queue "
+                            f"of {self.name}, before execution"
+                        )
                     )
-                )
+                continue
+            if item.future.done():  # the caller cancelled (or gave up) while queued
+                queue.popleft()
+                self._settled += 1
+                self._metrics.dropped("cancelled")
                 continue
             if self._queue_timeout and now - item.enqueued >= self._queue_timeout:
                 queue.popleft()

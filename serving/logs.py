@@ -112,3 +112,31 @@ def configure_logging(level: str = "info", fmt: str = "text", worker: int | None
     grpc_logger = logging.getLogger(GRPC_AIO_LOGGER)
     if not any(isinstance(f, ClientGoneFilter) for f in grpc_logger.filters):
         grpc_logger.addFilter(ClientGoneFilter())
+
+
+def bound_ports(log_text: str) -> tuple[int | None, int | None]:
+    """The gRPC and metrics ports a server logged once listening (None: not logged yet).
+
+    For launchers that start ``python -m serving --grpc-port 0 --metrics-port 0`` and need
+    the ports the kernel chose: the server logs ``event=listening address=HOST:PORT`` and
+    ``event=metrics_listening port=N`` (text or JSON format) before it reports SERVING.
+    """
+    grpc_port = metrics_port = None
+    for line in log_text.splitlines():
+        line = line.strip()
+        fields: dict[str, object] = {}
+        if line.startswith("{"):
+            try:
+                fields = json.loads(line)
+            except ValueError:
+                continue
+        elif "event=" in line:
+            fields = _pairs(line)
+        if not isinstance(fields, dict):
+            continue
+        event = fields.get("event")
+        if event == "listening":
+            grpc_port = int(str(fields["address"]).rsplit(":", 1)[1])
+        elif event == "metrics_listening":
+            metrics_port = int(str(fields["port"]))
+    return grpc_port, metrics_port

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 import yaml
 from deploy_support import REPO, module_source
+from required_tools import require_tool
 
 COMPOSE = REPO / "docker-compose.yml"
 GPU_OVERRIDE = REPO / "docker-compose.gpu.yml"
@@ -90,9 +90,7 @@ def published_ports(service: dict[str, Any]) -> dict[int, str]:
 def _docker_compose(
     *args: str, env: dict[str, str] | None = None
 ) -> subprocess.CompletedProcess[str]:
-    binary = shutil.which("docker-compose")
-    if binary is None:
-        pytest.skip("docker-compose not installed (Debian package; `make system-deps` adds it)")
+    binary = require_tool("docker-compose", "Debian package; `make system-deps` adds it")
     env = {k: v for k, v in (env or os.environ).items() if not k.startswith("COMPOSE_")}
     return subprocess.run(
         [binary, *args], cwd=REPO, capture_output=True, text=True, timeout=60, env=env

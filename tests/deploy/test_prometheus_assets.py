@@ -5,14 +5,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
 
-import pytest
 import yaml
 from prometheus_client import CollectorRegistry
+from required_tools import require_tool
 
 from serving.metrics import ServingMetrics
 from serving.shared_metrics import SupervisorMetrics
@@ -26,16 +25,11 @@ PROVIDERS = GRAFANA / "provisioning" / "dashboards" / "dashboards.yml"
 # Grafana's built-in variables, replaced by values Prometheus accepts before parsing.
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
 
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool not on PATH (Debian package 'prometheus'; make system-deps)"
-)
-
 
 def promtool(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    assert PROMTOOL is not None
+    binary = require_tool("promtool", "Debian package 'prometheus'; make system-deps")
     return subprocess.run(
-        [PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
+        [binary, *args], capture_output=True, text=True, timeout=60, cwd=cwd, check=False
     )
 
 
@@ -72,7 +66,6 @@ def exported_metric_names() -> set[str]:
     return names
 
 
-@needs_promtool
 def test_prometheus_config_is_valid_and_loads_the_alert_rules():
     result = promtool("check", "config", str(PROMETHEUS / "prometheus.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -88,7 +81,6 @@ def test_prometheus_scrapes_the_compose_server_service():
     assert config["rule_files"] == ["alerts.yml"]
 
 
-@needs_promtool
 def test_alert_rules_pass_promtool_check():
     result = promtool("check", "rules", str(PROMETHEUS / "alerts.yml"))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -100,7 +92,6 @@ def test_alert_rules_pass_promtool_check():
     assert {"D2lserveHighErrorRatio", "D2lserveHighP99Latency", "D2lserveQueueSaturated"} <= names
 
 
-@needs_promtool
 def test_alert_rules_fire_on_the_unit_test_series():
     # alerts_test.yml states, for synthetic series, which alerts fire with which labels/text.
     result = promtool("test", "rules", "alerts_test.yml", cwd=PROMETHEUS)
@@ -191,7 +182,6 @@ def test_every_metric_named_in_dashboard_and_alerts_is_exported_by_the_server():
     assert referenced <= exported, sorted(referenced - exported)
 
 
-@needs_promtool
 def test_every_dashboard_expression_is_valid_promql(tmp_path):
     # promtool parses each recording rule's expression: one rule per dashboard target.
     exprs = dashboard_expressions(dashboard())
@@ -213,7 +203,6 @@ def test_every_dashboard_expression_is_valid_promql(tmp_path):
     assert f"SUCCESS: {len(exprs)} rules found" in result.stdout
 
 
-@needs_promtool
 def test_promql_check_rejects_a_broken_expression(tmp_path):
     # Guards the check above: promtool really parses the expressions.
     path = tmp_path / "broken.yml"

@@ -15,28 +15,35 @@ and shutdown tests; max_queue_size 2.
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
+import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
 import numpy as np
 import onnx
+import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
+from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
 
 from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.config import format_config
 from protos import model_config_pb2 as mc
+from serving.client import Client, predict_request
+from serving.logs import bound_ports
+from serving.metrics import DROP_REASONS
 from training.export import ExportSettings, export_trained_model
 from training.result import DatasetInfo, TrainedModel
 
@@ -84,7 +91,15 @@ def _trained(kind: str, net: nn.Module, info: DatasetInfo, holdout: torch.Tensor
     )
 
 
-def export_mlp(repository: Path, seed: int = 0) -> Path:
+# The suite's small settings: one version, no preferred sizes, a 2 ms delay.
+# test_production_defaults.py passes ExportSettings() to serve the exporter's defaults.
+TEST_EXPORT = ExportSettings(
+    max_batch_size=64, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
+    num_versions=1, verify_rows=40,
+)  # fmt: skip
+
+
+def export_mlp(repository: Path, seed: int = 0, settings: ExportSettings = TEST_EXPORT) -> Path:
     """An untrained digits-shaped MLP through training.export (the real exporter)."""
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Flatten(), nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
@@ -99,10 +114,6 @@ def export_mlp(repository: Path, seed: int = 0) -> Path:
         input_range=(0.0, 1.0),
     )
     trained = _trained("mlp", net, info, torch.rand(40, 1, 8, 8))
-    settings = ExportSettings(
-        max_batch_size=64, preferred_batch_sizes=(), max_queue_delay_microseconds=2000,
-        num_versions=1, verify_rows=40,
-    )  # fmt: skip
     return export_trained_model(trained, repository, "mlp", settings)
 
 
@@ -215,22 +226,24 @@ def build_repository(root: Path) -> Path:
 
 # -- server processes ----------------------------------------------------------------
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+_started = itertools.count()
 
 
 @dataclass
 class ServerProcess:
-    """``python -m serving`` as a child process on free 127.0.0.1 ports."""
+    """``python -m serving`` as a child process on 127.0.0.1, on ports the kernel picks.
+
+    The server is started with ``--grpc-port 0 --metrics-port 0`` and the bound ports are
+    read back from its log (serving.logs.bound_ports), so parallel runs never race for a
+    port. ``--device cpu`` unless the test passes its own ``--device``: tests that assert
+    on the provider or compare numbers with a CPU session must not depend on the host.
+    """
 
     repository: Path
     args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
-    port: int = field(default_factory=free_port)
-    metrics_port: int = field(default_factory=free_port)
+    port: int = 0
+    metrics_port: int = 0
     log_path: Path | None = None
     process: subprocess.Popen | None = None
 
@@ -239,6 +252,7 @@ class ServerProcess:
         return f"127.0.0.1:{self.port}"
 
     def start(self, log_dir: Path, timeout: float = 60.0, tls_ca: Path | None = None) -> None:
+        device = [] if "--device" in self.args else ["--device", "cpu"]
         command = [
             PYTHON, "-m", "serving",
             "--model-repository", str(self.repository),
@@ -246,15 +260,33 @@ class ServerProcess:
             "--metrics-port", str(self.metrics_port),
             "--poll-interval", "0.2",
             "--grace-seconds", "10",
+            "--log-level", "info",
+            *device,
             *self.args,
         ]  # fmt: skip
-        self.log_path = log_dir / f"server-{self.port}.log"
+        self.log_path = log_dir / f"server-{os.getpid()}-{next(_started)}.log"
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
             )
-        self.wait_serving(timeout, tls_ca)
+        deadline = time.monotonic() + timeout
+        self.wait_listening(deadline)
+        self.wait_serving(max(deadline - time.monotonic(), 1.0), tls_ca)
+
+    def wait_listening(self, deadline: float) -> None:
+        """Read the bound ports from the log (metrics only when metrics are on)."""
+        metrics = "--no-metrics" not in self.args
+        assert self.process is not None
+        while time.monotonic() < deadline:
+            grpc_port, metrics_port = bound_ports(self.log())
+            if grpc_port is not None and (metrics_port is not None or not metrics):
+                self.port, self.metrics_port = grpc_port, metrics_port or 0
+                return
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited early:\n{self.log()}")
+            time.sleep(0.05)
+        raise RuntimeError(f"server logged no listening port in time:\n{self.log()}")
 
     def channel(self, tls_ca: Path | None = None) -> grpc.Channel:
         if tls_ca is None:
@@ -307,3 +339,60 @@ def settle(calls: list[grpc.Future]) -> list[tuple[grpc.StatusCode, str]]:
         except grpc.RpcError as error:
             outcomes.append((error.code(), error.details() or ""))
     return outcomes
+
+
+# -- metrics of a live server ---------------------------------------------------------
+
+Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
+SLOW_ROW = np.ones((1, 4), np.float32)
+
+
+def scrape(port: int) -> Samples:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def value(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def delta(before: Samples, after: Samples) -> Callable[..., float]:
+    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
+
+
+def expire_one_while_queued(server, client: Client) -> Callable[..., float]:
+    """Queue a 30 ms-deadline request behind two 'slow' executions; returns the deltas.
+
+    One busy execution (~40 ms here) is not enough: the deadline (sleep + 30 ms) and the
+    end of that execution race. The second busy request has max_batch_size rows, so it
+    runs alone, after the first, and the short request waits at least one whole
+    execution in the queue after its deadline, whatever the machine's speed.
+    """
+    before = scrape(server.metrics_port)
+    first = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
+    time.sleep(0.01)
+    full = np.ones((4, 4), np.float32)  # the slow model's max_batch_size
+    second = client.stub.Predict.future(predict_request("slow", full), timeout=30)
+    time.sleep(0.005)
+    with pytest.raises(grpc.RpcError) as caught:
+        client.predict("slow", SLOW_ROW, timeout=0.03)
+    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    first.result()
+    second.result()
+    # The batcher skips the expired entry when it reaches it: allow it that moment.
+    ends = time.monotonic() + 5
+    while True:
+        d = delta(before, scrape(server.metrics_port))
+        if drops_of(d) >= 1 or time.monotonic() > ends:
+            return d
+        time.sleep(0.05)
+
+
+def drops_of(d: Callable[..., float]) -> float:
+    slow = {"model": "slow", "version": "1"}
+    return sum(d("d2lserve_dropped_requests_total", **slow, reason=r) for r in DROP_REASONS)

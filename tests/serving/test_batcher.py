@@ -26,12 +26,15 @@ class RecordingMetrics:
         self.batch_rows: list[int] = []
         self.inflight_now = 0
         self.inflight_peak = 0
+        self.waits: list[float] = []
+        self.execution_seconds: list[float] = []
 
     def queue_wait(self, seconds: float) -> None:
-        assert seconds >= 0
+        self.waits.append(seconds)
 
     def execution(self, rows: int, seconds: float) -> None:
         self.batch_rows.append(rows)
+        self.execution_seconds.append(seconds)
 
     def queue_depth(self, depth: int) -> None:
         assert depth >= 0
@@ -105,6 +108,8 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
             batcher.statistics.execution_count,
         ) == (10, 20, 1)
         assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
+        assert len(metrics.waits) == 10 and all(0 <= w < 5 for w in metrics.waits)
+        assert len(metrics.execution_seconds) == 1 and 0 < metrics.execution_seconds[0] < 5
         await batcher.close()
 
     run(body)
@@ -119,6 +124,7 @@ def test_lone_request_does_not_wait_for_the_queue_delay() -> None:
         await batcher.submit(rows(1))
         assert time.perf_counter() - started < 0.5  # far below the 2 s delay
         assert model.batches == [1]
+        assert (batcher.requests, batcher.rows, batcher.executions) == (1, 1, 1)
         await batcher.close()
 
     run(body)
@@ -136,31 +142,47 @@ def test_batches_never_exceed_max_batch_size() -> None:
     run(body)
 
 
-async def _trickle(batcher: Batcher, count: int, futures: list) -> None:
-    """One request per event-loop pass: arrivals keep coming."""
-    for i in range(count):
+async def _trickle_for(batcher: Batcher, seconds: float, futures: list) -> None:
+    """One single-row request per event-loop pass for ``seconds``: arrivals never pause."""
+    ends = time.perf_counter() + seconds
+    i = 0
+    while time.perf_counter() < ends:
         futures.append(batcher.submit(rows(i)))
+        i += 1
         await asyncio.sleep(0)
 
 
-def test_collection_stops_at_a_preferred_batch_size() -> None:
+def test_collection_stops_at_a_preferred_batch_size_while_arrivals_continue() -> None:
+    """Arrivals keep coming, the delay is long: only the preferred size ends the batch."""
+
     async def body() -> None:
         policy = BatchingPolicy(
             max_batch_size=64, preferred_batch_sizes=(3,), max_queue_delay_microseconds=5_000_000
         )
         batcher, model, _ = make(policy)
         futures: list = []
-        started = time.perf_counter()
-        await _trickle(batcher, 3, futures)
-        await asyncio.gather(*futures)
-        assert model.batches == [3]
-        assert time.perf_counter() - started < 2.0
+        producer = asyncio.create_task(_trickle_for(batcher, 10.0, futures))
+        while not futures:
+            await asyncio.sleep(0)
+        first = await futures[0]
+        producer.cancel()
+        # Without the preferred size the batch would keep collecting for the 5 s delay
+        # (or up to 64 rows) while requests keep arriving.
+        assert model.batches[0] == 3
+        np.testing.assert_array_equal(first[0], rows(0) * 2)
+        await asyncio.gather(*futures, return_exceptions=True)
         await batcher.close()
 
     run(body)
 
 
 def test_collection_stops_after_max_queue_delay_while_arrivals_continue() -> None:
+    """The first batch runs about max_queue_delay after its first request, not later.
+
+    Requests keep arriving for 10 s; with a 50 ms delay the first result must come within
+    1 s (20x margin for a loaded 2-core machine), and not before the delay has passed.
+    """
+
     async def body() -> None:
         delay = 0.05
         policy = BatchingPolicy(
@@ -168,16 +190,18 @@ def test_collection_stops_after_max_queue_delay_while_arrivals_continue() -> Non
         )
         batcher, model, _ = make(policy)
         futures: list = []
-        producer = asyncio.create_task(_trickle(batcher, 100_000, futures))
+        started = time.perf_counter()
+        producer = asyncio.create_task(_trickle_for(batcher, 10.0, futures))
         while not futures:
             await asyncio.sleep(0)
         first = await futures[0]
+        waited = time.perf_counter() - started
         producer.cancel()
         assert first[0].shape == (1, 2)
-        assert model.batches[0] > 1  # it did collect while requests kept arriving
-        started = time.perf_counter()
+        assert delay <= waited < 1.0
+        # It collected while arrivals continued, and the delay (not the size) ended it.
+        assert 1 < model.batches[0] < min(len(futures), policy.max_batch_size)
         await asyncio.gather(*futures, return_exceptions=True)
-        assert time.perf_counter() - started < 5
         await batcher.close()
 
     run(body)
@@ -207,7 +231,10 @@ def test_full_queue_refuses_at_admission() -> None:
         running = batcher.submit(rows(0))
         await wait_running(model)
         queued = [batcher.submit(rows(1)), batcher.submit(rows(2))]
-        with pytest.raises(QueueFullError, match="2 requests are waiting, max_queue_size is 2"):
+        with pytest.raises(
+            QueueFullError,
+            match=r"^model 'fake' v1 is overloaded: 2 requests are waiting, max_queue_size is 2",
+        ):
             batcher.submit(rows(3))
         assert metrics.rejections == 1
         model.release.set()
@@ -234,11 +261,64 @@ def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
         model.release.set()
         await running
         np.testing.assert_array_equal((await alive)[0], rows(3) * 2)
-        with pytest.raises(DeadlineExpiredError, match="deadline expired"):
+        with pytest.raises(
+            DeadlineExpiredError,
+            match=r"^deadline expired after 0\.\d{3} s in the queue of model 'fake' v1, "
+            "before execution$",
+        ):
             await expired
         assert model.batches == [1, 1]
         assert sorted(metrics.dropped_reasons) == ["cancelled", "deadline"]
         assert metrics.inflight_now == 0
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_request_cancelled_after_its_deadline_passed_counts_as_a_deadline_drop() -> None:
+    """gRPC cancels a call when its deadline passes; the drop's reason is the deadline."""
+
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        expired = batcher.submit(rows(1), deadline=time.perf_counter() + 0.01)
+        await asyncio.sleep(0.05)
+        expired.cancel()  # what the gRPC server does when the deadline passes
+        model.release.set()
+        await running
+        await batcher.submit(rows(2))
+        assert model.batches == [1, 1]
+        assert metrics.dropped_reasons == ["deadline"]
+        assert metrics.inflight_now == 0
+        await batcher.close()
+
+    run(body)
+
+
+def test_expired_requests_in_the_middle_of_the_queue_do_not_split_the_batch() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
+        )
+        model.release.clear()
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        first = batcher.submit(rows(1))
+        soon = time.perf_counter() + 0.01
+        expired = [batcher.submit(rows(2), deadline=soon), batcher.submit(rows(3), deadline=soon)]
+        last = batcher.submit(rows(4))
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await asyncio.gather(running, first, last)
+        assert model.batches == [1, 2]  # 1 and 4 together; the two expired ones skipped
+        assert metrics.dropped_reasons == ["deadline", "deadline"]
+        for future in expired:
+            with pytest.raises(DeadlineExpiredError):
+                await future
         await batcher.close()
 
     run(body)
@@ -280,7 +360,9 @@ def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
         futures = [batcher.submit(rows(i)) for i in range(6)]
         await batcher.close()
         assert all(f.done() and f.exception() is None for f in futures)
-        with pytest.raises(ModelUnavailableError, match="unloading"):
+        with pytest.raises(
+            ModelUnavailableError, match=r"^model 'fake' v1 is unloading; retry on another version$"
+        ):
             batcher.submit(rows(9))
 
     run(body)
@@ -292,7 +374,9 @@ def test_close_stops_the_worker_threads_of_every_instance() -> None:
         batcher, _, _ = make(BatchingPolicy(max_batch_size=2, instances=3))
         await batcher.submit(rows(1))
         workers = [t for t in threading.enumerate() if t.ident not in before]
-        assert len(workers) == 3 and all(t.name.startswith("infer-") for t in workers)
+        assert sorted(t.name for t in workers) == [f"infer-model 'fake' v1-{i}" for i in range(3)]
+        assert all(t.daemon for t in workers)  # a stuck session.run must not keep the process
+        assert "batcher model 'fake' v1" in {t.get_name() for t in asyncio.all_tasks()}
         await batcher.close()
         for worker in workers:  # an unloaded version must not leave threads behind
             await asyncio.to_thread(worker.join, 5)
@@ -301,7 +385,9 @@ def test_close_stops_the_worker_threads_of_every_instance() -> None:
     run(body)
 
 
-def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -> None:
+def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     async def body() -> None:
         calls = []
 
@@ -313,8 +399,14 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving() -
 
         batcher = Batcher(flaky, BatchingPolicy(max_queue_delay_microseconds=0), name="flaky")
         batcher.start()
-        with pytest.raises(RuntimeError, match="boom"):
+        with (
+            caplog.at_level("ERROR", logger="serving.batcher"),
+            pytest.raises(RuntimeError, match="boom"),
+        ):
             await batcher.submit(rows(1))
+        assert caplog.messages == [
+            "event=execution_failed batcher='flaky' rows=1 error=RuntimeError('boom')"
+        ]
         np.testing.assert_array_equal((await batcher.submit(rows(2)))[0], rows(2))
         await batcher.close()
 
@@ -334,16 +426,114 @@ def test_outputs_with_the_wrong_number_of_rows_are_an_error() -> None:
     run(body)
 
 
+def test_a_request_that_does_not_fit_ends_the_batch_and_starts_the_next() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=4, max_queue_delay_microseconds=1_000_000)
+        )
+        three, two = batcher.submit(rows(1, 2, 3)), batcher.submit(rows(4, 5))
+        _, second = await asyncio.gather(three, two)
+        assert model.batches == [3, 2]  # 3 + 2 rows would exceed max_batch_size 4
+        np.testing.assert_array_equal(second[0], rows(4, 5) * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_submit_before_start_and_close_without_start_are_handled() -> None:
+    async def body() -> None:
+        batcher = Batcher(FakeModel(), BatchingPolicy(), name="model 'idle' v1")
+        with pytest.raises(ModelUnavailableError, match="model 'idle' v1 is unloading"):
+            batcher.submit(rows(1))
+        await batcher.close()  # nothing started: nothing to wait for
+
+    run(body)
+
+
+def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0)
+        )
+        model.release.clear()  # the running execution never finishes during close
+        running = batcher.submit(rows(0))
+        await wait_running(model)
+        queued = batcher.submit(rows(1))
+        started = time.perf_counter()
+        with caplog.at_level("WARNING", logger="serving.batcher"):
+            await batcher.close(timeout=0.2)
+        assert time.perf_counter() - started < 5
+        assert metrics.inflight_now == 1  # the running one; the queued one is settled
+        with pytest.raises(ModelUnavailableError, match=r"^model 'fake' v1 was unloaded$"):
+            await queued
+        assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]
+        model.release.set()
+        await running
+
+    run(body)
+
+
+def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def body() -> None:
+        batcher = Batcher(FakeModel(), BatchingPolicy(), name="model 'fake' v1")
+
+        async def broken() -> tuple[list, int]:
+            raise RuntimeError("bug")
+
+        batcher._form_batch = broken  # type: ignore[method-assign]
+        with caplog.at_level("ERROR", logger="serving.batcher"):
+            batcher.start()
+            waiting = batcher.submit(rows(1))
+            with pytest.raises(
+                ModelUnavailableError, match=r"^model 'fake' v1 failed: RuntimeError\('bug'\)$"
+            ):
+                await waiting
+        assert caplog.messages == ["event=batcher_failed batcher=\"model 'fake' v1\""]
+        with pytest.raises(ModelUnavailableError, match="unloading"):
+            batcher.submit(rows(2))  # closed: it does not pretend to serve
+        await batcher.close()
+
+    run(body)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"max_batch_size": 0}, "max_batch_size must be >= 1 with batching on (>= 0 off), got 0"),
+        (
+            {"enabled": False, "max_batch_size": -1},
+            "max_batch_size must be >= 1 with batching on (>= 0 off), got -1",
+        ),
+        ({"max_queue_size": 0}, "max_queue_size must be >= 1, got 0"),
+        ({"instances": 0}, "instances must be >= 1, got 0"),
+        (
+            {"max_queue_delay_microseconds": -1},
+            "max_queue_delay_microseconds must be >= 0, got -1",
+        ),
+        (
+            {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+            "preferred batch size 8 is outside 1..max_batch_size (4)",
+        ),
+    ],
+)
+def test_invalid_policies_are_refused(kwargs: dict, message: str) -> None:
+    with pytest.raises(SettingsError) as caught:
+        BatchingPolicy(**kwargs)
+    assert str(caught.value) == message
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
-        {"max_batch_size": 0},
-        {"max_queue_size": 0},
-        {"instances": 0},
-        {"max_queue_delay_microseconds": -1},
-        {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
+        {"enabled": False, "max_batch_size": 0},  # no row limit, no merging
+        {"max_queue_size": 1, "instances": 1, "max_queue_delay_microseconds": 0},
+        {"max_batch_size": 1, "preferred_batch_sizes": (1,)},
     ],
 )
-def test_invalid_policies_are_refused(kwargs: dict) -> None:
-    with pytest.raises(SettingsError):
-        BatchingPolicy(**kwargs)
+def test_the_smallest_valid_policies_are_accepted(kwargs: dict) -> None:
+    policy = BatchingPolicy(**kwargs)
+    assert all(getattr(policy, key) == value for key, value in kwargs.items())

@@ -60,9 +60,9 @@ def test_new_version_becomes_default_after_loading_and_the_old_one_is_unloaded(w
     path = export_mlp(repository, seed=5)  # the exporter publishes it as version 2
     assert path.name == "2"
     wait_for(lambda: client.get_model("mlp").version == 2, what="v2 as default")
-    expected = ort.InferenceSession(str(path / "model.onnx")).run(
-        ["probabilities"], {"input": ROW}
-    )[0]
+    expected = ort.InferenceSession(
+        str(path / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["probabilities"], {"input": ROW})[0]
     result = client.predict("mlp", ROW)
     assert result.version == 2
     np.testing.assert_allclose(result.probabilities, expected, rtol=1e-5, atol=1e-6)

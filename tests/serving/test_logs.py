@@ -5,7 +5,13 @@ from __future__ import annotations
 import json
 import logging
 
-from serving.logs import GRPC_AIO_LOGGER, JsonFormatter, KeyValueFormatter, configure_logging
+from serving.logs import (
+    GRPC_AIO_LOGGER,
+    JsonFormatter,
+    KeyValueFormatter,
+    bound_ports,
+    configure_logging,
+)
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
@@ -54,3 +60,19 @@ def test_grpc_send_failures_of_a_departed_client_become_one_debug_line(capsys):
         "method=/inference.GRPCInferenceService/ModelStreamInfer"
     )
     assert "level=error" in lines[1]  # other grpc errors are not hidden
+
+
+def test_bound_ports_are_read_from_text_and_json_logs() -> None:
+    text = (
+        "ts=2026-01-01T00:00:00.000Z level=info logger=serving.server event=listening "
+        "address=127.0.0.1:40123 tls=False auth=False max_message_bytes=4194304\n"
+        "ts=2026-01-01T00:00:00.001Z level=info logger=serving.server "
+        "event=metrics_listening port=40124\n"
+    )
+    assert bound_ports(text) == (40123, 40124)
+    json_lines = (
+        '{"ts": "x", "event": "listening", "address": "0.0.0.0:8001"}\n'
+        '{"ts": "x", "event": "ready", "models": "mlp"}\n'
+    )
+    assert bound_ports(json_lines) == (8001, None)
+    assert bound_ports("event=loading\nnot a log line\n{broken") == (None, None)

@@ -1,14 +1,16 @@
 """A real Prometheus scrapes the live server; PromQL over its data returns values for the model.
 
-Uses Debian's ``prometheus`` binary (``make system-deps`` installs it as root); skips elsewhere.
-Prometheus listens on a free 127.0.0.1 port, scrapes every 0.5 s, keeps its data in a temporary
-directory that is removed afterwards, and is stopped by the fixture.
+Uses Debian's ``prometheus`` binary (``make system-deps`` installs it as root); skips elsewhere,
+and fails when it is missing under CI=true (tests/required_tools.py). Prometheus listens on a
+127.0.0.1 port it picks itself (port 0, read back from its log), scrapes every 0.5 s, keeps
+its data in a temporary directory that is removed afterwards, and is stopped by the fixture.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 import subprocess
 import tempfile
@@ -24,21 +26,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from serving_support import free_port
+from required_tools import require_tool
 
 from serving.client import Client
 
 ROOT = Path(__file__).resolve().parents[2]
 ALERTS = ROOT / "deploy" / "prometheus" / "alerts.yml"
 DASHBOARD = ROOT / "deploy" / "grafana" / "dashboards" / "d2lserve.json"
-PROMETHEUS = shutil.which("prometheus")
+INSTALL_HINT = "Debian package 'prometheus'; make system-deps"
 WINDOW = "5s"  # rate() window: >= 4 scrapes at 0.5 s
 MLP_ROW = np.full((1, 1, 8, 8), 0.5, dtype=np.float32)
-
-pytestmark = pytest.mark.skipif(
-    PROMETHEUS is None,
-    reason="Debian 'prometheus' binary not on PATH (apt-get install prometheus; make system-deps)",
-)
 
 
 @dataclass
@@ -67,7 +64,7 @@ class Prometheus:
 @pytest.fixture(scope="module")
 def prometheus(server) -> Iterator[Prometheus]:
     """Prometheus scraping the session server's metrics port, with our alert rules loaded."""
-    assert PROMETHEUS is not None
+    binary = require_tool("prometheus", INSTALL_HINT)
     data = Path(tempfile.mkdtemp(prefix="d2lserve-prometheus-"))
     config = {
         # Rules are the shipped ones, evaluated every 0.5 s instead of every 15 s.
@@ -85,22 +82,20 @@ def prometheus(server) -> Iterator[Prometheus]:
         ],
     }
     (data / "prometheus.yml").write_text(yaml.safe_dump(config))
-    port = free_port()
     log = (data / "prometheus.log").open("wb")
     process = subprocess.Popen(
         [
-            PROMETHEUS,
+            binary,
             f"--config.file={data / 'prometheus.yml'}",
             f"--storage.tsdb.path={data / 'tsdb'}",
-            f"--web.listen-address=127.0.0.1:{port}",
-            "--log.level=warn",
+            "--web.listen-address=127.0.0.1:0",
+            "--log.level=info",
         ],
         stdout=log,
         stderr=subprocess.STDOUT,
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_ready(process, url, data / "prometheus.log")
+        url = wait_ready(process, data / "prometheus.log")
         yield Prometheus(url)
     finally:
         process.terminate()
@@ -114,15 +109,27 @@ def prometheus(server) -> Iterator[Prometheus]:
     assert not data.exists()
 
 
-def wait_ready(process: subprocess.Popen, url: str, log: Path, timeout: float = 30.0) -> None:
+# Prometheus logs the address it bound: msg="Listening on" address=127.0.0.1:40029
+LISTENING = re.compile(r'msg="Listening on" address=(127\.0\.0\.1:\d+)')
+
+
+def wait_ready(process: subprocess.Popen, log: Path, timeout: float = 30.0) -> str:
+    """Wait until Prometheus listens and answers /-/ready; return its base URL."""
     deadline = time.monotonic() + timeout
+    url = None
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"prometheus exited {process.returncode}:\n{log.read_text()}")
+        if url is None:
+            found = LISTENING.search(log.read_text(errors="replace"))
+            if found is None or found.group(1).endswith(":0"):
+                time.sleep(0.05)
+                continue
+            url = f"http://{found.group(1)}"
         try:
             with urllib.request.urlopen(f"{url}/-/ready", timeout=1) as response:
                 if response.status == 200:
-                    return
+                    return url
         except (urllib.error.URLError, ConnectionError):
             pass
         time.sleep(0.1)

@@ -9,40 +9,25 @@ from __future__ import annotations
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable
 
 import grpc
 import numpy as np
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-from serving_support import settle
+from serving_support import (
+    SLOW_ROW,
+    delta,
+    drops_of,
+    expire_one_while_queued,
+    scrape,
+    settle,
+    value,
+)
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving.client import Client, predict_request
-from serving.metrics import DROP_REASONS
 
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 MLP_ROW = np.full((1, 1, 8, 8), 0.5, dtype=np.float32)
-SLOW_ROW = np.ones((1, 4), np.float32)
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
-
-
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-def delta(before: Samples, after: Samples) -> Callable[..., float]:
-    return lambda name, **labels: value(after, name, **labels) - value(before, name, **labels)
 
 
 def codes_of(calls: list[grpc.Future]) -> list[grpc.StatusCode]:
@@ -162,39 +147,6 @@ def test_queue_full_rejections_are_counted(server, client):
         d("d2lserve_requests_total", **slow, api="predict", code="RESOURCE_EXHAUSTED") == rejected
     )
     assert d("d2lserve_requests_total", **slow, api="predict", code="OK") == 12 - rejected
-
-
-def expire_one_while_queued(server, client: Client) -> Callable[..., float]:
-    """Queue a 30 ms-deadline request behind two 'slow' executions; returns the deltas.
-
-    One busy execution (~40 ms here) is not enough: the deadline (sleep + 30 ms) and the
-    end of that execution race. The second busy request has max_batch_size rows, so it
-    runs alone, after the first, and the short request waits at least one whole
-    execution in the queue after its deadline, whatever the machine's speed.
-    """
-    before = scrape(server.metrics_port)
-    first = client.stub.Predict.future(predict_request("slow", SLOW_ROW), timeout=30)
-    time.sleep(0.01)
-    full = np.ones((4, 4), np.float32)  # the slow model's max_batch_size
-    second = client.stub.Predict.future(predict_request("slow", full), timeout=30)
-    time.sleep(0.005)
-    with pytest.raises(grpc.RpcError) as caught:
-        client.predict("slow", SLOW_ROW, timeout=0.03)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    first.result()
-    second.result()
-    # The batcher skips the expired entry when it reaches it: allow it that moment.
-    ends = time.monotonic() + 5
-    while True:
-        d = delta(before, scrape(server.metrics_port))
-        if drops_of(d) >= 1 or time.monotonic() > ends:
-            return d
-        time.sleep(0.05)
-
-
-def drops_of(d: Callable[..., float]) -> float:
-    slow = {"model": "slow", "version": "1"}
-    return sum(d("d2lserve_dropped_requests_total", **slow, reason=r) for r in DROP_REASONS)
 
 
 def test_requests_expiring_in_the_queue_are_counted_as_dropped(server, client):

@@ -10,15 +10,17 @@ import onnxruntime as ort
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serving_support import LABELS
+from serving_support import LABELS, scrape
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.client import Client, predict_request
+from serving.runtime import cuda_works
 
 
 def reference(model_repository, name: str, array: np.ndarray, version: int = 1) -> dict:
-    session = ort.InferenceSession(str(model_repository / name / str(version) / "model.onnx"))
+    path = model_repository / name / str(version) / "model.onnx"
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {"input": array}), strict=True))
 
@@ -197,3 +199,38 @@ def test_predict_stub_without_the_client_helper(server):
         )
     assert list(response.probabilities.shape) == [2, 10]
     assert len(response.top_k) == 2 and len(response.top_k[0].classes) == 1
+
+
+# -- execution provider: the test servers force --device cpu; these two pick it by --device auto
+
+CUDA_WORKS = cuda_works()
+
+
+def provider_of(server) -> tuple[str, str]:
+    """(GetModel's execution_provider, d2lserve_runtime_info's provider) of a live server."""
+    with Client(server.target) as client:
+        reported = client.get_model("mlp").execution_provider
+    (info,) = [k for k in scrape(server.metrics_port) if k[0] == "d2lserve_runtime_info"]
+    return reported, dict(info[1])["provider"]
+
+
+@pytest.mark.skipif(not CUDA_WORKS, reason="needs a GPU where ONNX Runtime can open a CUDA session")
+def test_device_auto_serves_on_cuda_where_cuda_works(model_repository, start_server):
+    server = start_server(model_repository, "--device", "auto")
+    assert provider_of(server) == ("CUDAExecutionProvider", "CUDAExecutionProvider")
+    array = images(8, seed=3)
+    expected = reference(model_repository, "mlp", array)["probabilities"]  # CPU session
+    with Client(server.target) as client:
+        got = client.predict("mlp", array).probabilities
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(CUDA_WORKS, reason="needs a machine where no CUDA session can be created")
+def test_device_auto_falls_back_to_cpu_where_cuda_does_not_work(model_repository, start_server):
+    server = start_server(model_repository, "--device", "auto")
+    assert provider_of(server) == ("CPUExecutionProvider", "CPUExecutionProvider")
+
+
+def test_device_cpu_is_honoured_on_any_host(model_repository, start_server):
+    server = start_server(model_repository, "--device", "cpu")
+    assert provider_of(server) == ("CPUExecutionProvider", "CPUExecutionProvider")

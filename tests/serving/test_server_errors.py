@@ -5,13 +5,10 @@ After each one the same server keeps answering (``assert_still_serving``).
 
 from __future__ import annotations
 
-import time
-from concurrent.futures import ThreadPoolExecutor
-
 import grpc
 import numpy as np
 import pytest
-from serving_support import settle
+from serving_support import SLOW_ROW, drops_of, expire_one_while_queued, settle
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2
@@ -175,9 +172,6 @@ def test_message_above_max_message_bytes_is_refused_by_grpc(client):
     assert_still_serving(client)
 
 
-SLOW_ROW = np.ones((1, 4), np.float32)
-
-
 def test_full_queue_is_resource_exhausted(client):
     """'slow' has max_queue_size 2 and one instance: a burst overflows its queue."""
     request = predict_request("slow", SLOW_ROW)
@@ -194,12 +188,22 @@ def test_full_queue_is_resource_exhausted(client):
     assert_still_serving(client)
 
 
-def test_deadline_exceeded_while_queued_behind_a_slow_execution(client):
-    with ThreadPoolExecutor(1) as pool:
-        busy = pool.submit(client.predict, "slow", SLOW_ROW)
-        time.sleep(0.01)
-        error = call_error(lambda: client.predict("slow", SLOW_ROW, timeout=0.005))
-        busy.result()
-    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_a_deadline_passing_in_the_queue_is_dropped_by_the_server_never_executed(server, client):
+    """The server, not only the client, gives up: counted as a deadline drop, not executed.
+
+    A short client deadline fails on the client whatever the server does; what this test
+    adds is the server's side: the request is dropped from the queue for its deadline
+    (d2lserve_dropped_requests_total{reason="deadline"}) and only the two busy requests
+    ran (d2lserve_executions_total).
+    """
+    slow = {"model": "slow", "version": "1"}
+    for _ in range(3):  # on a loaded machine the deadline can pass before the request queues
+        d = expire_one_while_queued(server, client)
+        if drops_of(d):
+            break
+    assert d("d2lserve_dropped_requests_total", **slow, reason="deadline") == 1
+    assert d("d2lserve_dropped_requests_total", **slow, reason="cancelled") == 0
+    assert d("d2lserve_executions_total", **slow) == 2  # the busy ones; the expired never ran
+    assert d("d2lserve_requests_total", **slow, api="predict", code="OK") == 2
     assert client.predict("slow", SLOW_ROW).predictions is not None
     assert_still_serving(client)

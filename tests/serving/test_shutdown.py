@@ -6,6 +6,7 @@ import time
 
 import grpc
 import numpy as np
+import pytest
 
 from serving.client import Client, predict_request
 
@@ -21,9 +22,8 @@ def test_sigterm_with_requests_in_flight_loses_none_and_exits_zero(model_reposit
         results = [call.result() for call in calls]  # raises if any was lost
         assert all(r.predictions.shape == [1, 1] for r in results)
         assert server.process.wait(30) == 0
-        try:
+        with pytest.raises(grpc.RpcError) as refused:  # nobody listens any more
             client.predict("slow", np.ones((1, 4), np.float32), timeout=2)
-        except grpc.RpcError as error:
-            assert error.code() == grpc.StatusCode.UNAVAILABLE
+        assert refused.value.code() == grpc.StatusCode.UNAVAILABLE
     log = server.log()
     assert "event=shutdown_requested" in log and "event=stopped" in log

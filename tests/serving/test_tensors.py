@@ -5,17 +5,20 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from model_repository.datatypes import BY_WIRE
+from model_repository.datatypes import BY_NUMPY, BY_WIRE
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
 from serving.errors import InvalidInputError
 from serving.tensors import (
     CONTENTS_FIELD,
+    PREDICT_DTYPE_OF,
     RequestSchema,
     TensorSpec,
     add_top_k,
+    array_from_predict,
     classification_strings,
     encode_bytes,
+    fill_predict_tensor,
     from_bytes,
 )
 
@@ -24,14 +27,24 @@ MODEL = "model 'mlp' v1"
 SCHEMA = RequestSchema(MODEL, (IMAGE,), batched=True, max_rows=64, finite=True)
 
 
-def decode_predict(message: predict_pb2.Tensor, schema: RequestSchema = SCHEMA) -> np.ndarray:
-    decoded = schema.decode_predict(predict_pb2.PredictRequest(model="mlp", input=message))
+def schema_of(spec: TensorSpec | RequestSchema) -> RequestSchema:
+    if isinstance(spec, RequestSchema):
+        return spec
+    return RequestSchema(MODEL, (spec,), batched=True, max_rows=64, finite=True)
+
+
+def decode_predict(
+    message: predict_pb2.Tensor, spec: TensorSpec | RequestSchema = SCHEMA
+) -> np.ndarray:
+    decoded = schema_of(spec).decode_predict(predict_pb2.PredictRequest(model="mlp", input=message))
     assert decoded.rows == decoded.arrays[0].shape[0]
     return decoded.arrays[0]
 
 
-def decode_kserve(request: pb.ModelInferRequest, schema: RequestSchema = SCHEMA) -> np.ndarray:
-    return schema.decode_kserve(request).arrays[0]
+def decode_kserve(
+    request: pb.ModelInferRequest, spec: TensorSpec | RequestSchema = SCHEMA
+) -> np.ndarray:
+    return schema_of(spec).decode_kserve(request).arrays[0]
 
 
 def tensor(array: np.ndarray, dtype: int = predict_pb2.FLOAT32, shape=None) -> predict_pb2.Tensor:
@@ -94,7 +107,10 @@ def test_nan_and_inf_are_refused_with_their_position(bad: float) -> None:
 
 def test_huge_finite_values_whose_sum_overflows_are_accepted() -> None:
     array = np.full((1, 1, 8, 8), 3e38, dtype=np.float32)
-    np.testing.assert_array_equal(decode_predict(tensor(array)), array)
+    array[0, 0, 0, 0] = -3e38  # finite extremes of both signs
+    decoded = decode_predict(tensor(array))
+    np.testing.assert_array_equal(decoded, array)
+    assert decoded.dtype == np.float32 and decoded.shape == (1, 1, 8, 8)
 
 
 def test_nan_passes_for_models_that_do_not_refuse_it() -> None:
@@ -352,3 +368,136 @@ def test_classification_strings_follow_triton() -> None:
     ]
     unlabelled = classification_strings(scores[0], 5, (), batched=False)
     assert unlabelled.tolist() == [b"0.700000:1", b"0.200000:2", b"0.100000:0"]
+
+
+def test_typed_uint8_values_above_255_are_refused_not_wrapped() -> None:
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="UINT8", shape=[1, 2])
+    request = pb.ModelInferRequest(inputs=[tensor])
+    request.inputs[0].contents.uint_contents.extend([7, 256])
+    spec = TensorSpec("input", BY_WIRE["UINT8"], (-1, 2))
+    with pytest.raises(InvalidInputError, match="outside the range of UINT8"):
+        decode_kserve(request, spec)
+
+
+def test_an_unknown_dtype_is_refused_for_a_float64_input_too() -> None:
+    """numpy compares None equal to float64: an unknown dtype must not slip through."""
+    spec = TensorSpec("input", BY_WIRE["FP64"], (-1, 1))
+    unspecified = predict_pb2.Tensor(shape=[1, 1], data=bytes(8))
+    with pytest.raises(InvalidInputError, match=r"has dtype DATA_TYPE_UNSPECIFIED; .* FLOAT64"):
+        decode_predict(unspecified, spec)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="", shape=[1, 1])
+    request = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[bytes(8)])
+    with pytest.raises(InvalidInputError, match=r"has datatype \(empty\); .* expects FP64"):
+        decode_kserve(request, spec)
+
+
+def test_kserve_errors_name_the_model_and_what_it_expects() -> None:
+    short = kserve(images(1))
+    short.raw_input_contents[0] = short.raw_input_contents[0][:-4]
+    nan = images(1)
+    nan[0, 0, 0, 0] = np.nan
+    cases = [
+        (
+            kserve(images(1)[:, :, :4], raw=False),
+            "input 'input' has shape [1, 1, 4, 8]; model 'mlp' v1 expects [batch, 1, 8, 8]",
+        ),
+        (short, "input 'input' has 252 bytes of data; shape [1, 1, 8, 8] of FP32 needs 256"),
+        (
+            kserve(nan),
+            "input 'input' contains 1 NaN/Inf values (first at index [0, 0, 0, 0]); "
+            "model 'mlp' v1 expects finite numbers",
+        ),
+    ]
+    for request, message in cases:
+        with pytest.raises(InvalidInputError) as caught:
+            decode_kserve(request)
+        assert str(caught.value) == message
+
+
+@pytest.mark.parametrize("dtype", ["<f4", "<f8", "<i4", "<i8", "u1"])
+def test_predict_tensors_written_by_the_server_read_back_on_the_client(dtype: str) -> None:
+    array = (np.arange(24).reshape(2, 3, 4) % 7).astype(dtype)
+    message = predict_pb2.Tensor()
+    datatype = BY_NUMPY[np.dtype(dtype)]
+    fill_predict_tensor(message, array, datatype)
+    assert list(message.shape) == [2, 3, 4]
+    assert message.dtype == PREDICT_DTYPE_OF[datatype.wire]
+    back = array_from_predict(message)
+    assert back.dtype == np.dtype(dtype) and back.shape == (2, 3, 4)
+    np.testing.assert_array_equal(back, array)
+
+
+def test_top_k_breaks_ties_by_the_lower_class_index() -> None:
+    probabilities = np.full((2, 40), 0.02, dtype=np.float32)
+    probabilities[1, ::3] = 0.03  # 14 tied best classes in row 1
+    labels = tuple(f"c{i}" for i in range(40))
+    rows = top_k(probabilities, 8, labels)
+    assert [c.index for c in rows[0].classes] == list(range(8))
+    assert [c.index for c in rows[1].classes] == [0, 3, 6, 9, 12, 15, 18, 21]
+
+
+FREE = (-1, -1, 4)  # a free dimension after the batch
+ZERO = (-1, 0)  # a fixed dimension of size 0
+
+
+@pytest.mark.parametrize(
+    ("dims", "shape", "message"),
+    [
+        (FREE, [1, -1, 4], "input 'input' has a negative dimension: [1, -1, 4]"),
+        (
+            FREE,
+            [1, 2, 5],
+            "input 'input' has shape [1, 2, 5]; model 'mlp' v1 expects [batch, ?, 4]",
+        ),
+        (ZERO, [1, 3], "input 'input' has shape [1, 3]; model 'mlp' v1 expects [batch, 0]"),
+        (  # one dimension too few, the last one matches
+            (-1, 3, 4),
+            [1, 4],
+            "input 'input' has shape [1, 4]; model 'mlp' v1 expects [batch, 3, 4]",
+        ),
+        (  # the last dims match, the rank does not
+            (-1, 4),
+            [1, 5, 4],
+            "input 'input' has shape [1, 5, 4]; model 'mlp' v1 expects [batch, 4]",
+        ),
+        ((-1,), [], "input 'input' has shape []; "),
+        (
+            FREE,
+            [65, 1, 4],
+            "input 'input' has 65 rows; model 'mlp' v1 accepts at most 64 (max_batch_size) "
+            "per request",
+        ),
+        (
+            FREE,
+            [0, 1, 4],
+            "input 'input' is an empty batch (shape [0, 1, 4]); send at least one row",
+        ),
+    ],
+)
+def test_shape_checks_of_free_zero_and_missing_dimensions(dims, shape, message) -> None:
+    spec = TensorSpec("input", BY_WIRE["FP32"], dims)  # built here, not at collection
+    request = predict_pb2.Tensor(shape=shape, dtype=predict_pb2.FLOAT32, data=b"")
+    with pytest.raises(InvalidInputError) as caught:
+        decode_predict(request, spec)
+    assert str(caught.value).startswith(message)
+
+
+def test_exactly_max_rows_and_zero_sized_dims_are_accepted() -> None:
+    assert decode_predict(tensor(images(64))).shape == (64, 1, 8, 8)
+    empty_rows = predict_pb2.Tensor(shape=[2, 0], dtype=predict_pb2.FLOAT32, data=b"")
+    zero = TensorSpec("input", BY_WIRE["FP32"], ZERO)
+    assert decode_predict(empty_rows, zero).shape == (2, 0)
+
+
+def test_unknown_dtype_numbers_and_nan_messages_are_complete() -> None:
+    with pytest.raises(InvalidInputError) as unknown:
+        decode_predict(tensor(images(1), dtype=99))
+    assert str(unknown.value) == "input 'input' has dtype 99; model 'mlp' v1 expects FLOAT32"
+    array = images(1)
+    array[0, 0, 1, 2] = np.inf
+    with pytest.raises(InvalidInputError) as nan:
+        decode_predict(tensor(array))
+    assert str(nan.value) == (
+        "input 'input' contains 1 NaN/Inf values (first at index [0, 0, 1, 2]); "
+        "model 'mlp' v1 expects finite numbers"
+    )

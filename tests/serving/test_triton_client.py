@@ -24,9 +24,9 @@ def test_tritonclient_live_ready_metadata_infer_and_stream(server, model_reposit
     )
     assert done.returncode == 0, done.stderr
     seen = json.loads(done.stdout)
-    expected = ort.InferenceSession(str(model_repository / "mlp/1/model.onnx")).run(
-        ["probabilities"], {"input": images}
-    )[0]
+    expected = ort.InferenceSession(
+        str(model_repository / "mlp/1/model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(["probabilities"], {"input": images})[0]
 
     assert seen["live"] and seen["ready"] and seen["model_ready"]
     assert not seen["missing_ready"]

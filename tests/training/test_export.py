@@ -205,30 +205,6 @@ def test_second_export_is_version_2_and_version_1_is_untouched(exported, tmp_pat
     assert entries(repository / "mlp") == ["1", "2", "config.pbtxt"]
 
 
-def test_publish_moves_on_when_the_version_number_was_taken_meanwhile(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model_dir = tmp_path / "mlp"
-    (model_dir / "1").mkdir(parents=True)
-    (model_dir / "1" / "model.onnx").write_bytes(b"first writer")
-    numbers = iter([1])  # a writer that looked before version 1 appeared
-    real = publish.next_version
-    monkeypatch.setattr(publish, "next_version", lambda d: next(numbers, None) or real(d))
-    target = publish.publish_version(model_dir, {"model.onnx": b"second writer"})
-    assert target == model_dir / "2"
-    assert (model_dir / "1" / "model.onnx").read_bytes() == b"first writer"
-    assert (model_dir / "2" / "model.onnx").read_bytes() == b"second writer"
-    assert entries(model_dir) == ["1", "2"]
-
-
-def test_rename_noreplace_refuses_even_an_empty_target(tmp_path: Path) -> None:
-    (tmp_path / "staged").mkdir()
-    (tmp_path / "3").mkdir()
-    with pytest.raises(FileExistsError):
-        publish.rename_noreplace(tmp_path / "staged", tmp_path / "3")
-    assert entries(tmp_path) == ["3", "staged"]
-
-
 class ExportsDifferently(nn.Module):
     """Behaves one way in eager PyTorch and another way once exported."""
 
