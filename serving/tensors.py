@@ -12,6 +12,7 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
@@ -94,8 +95,7 @@ class TensorSpec:
         return "[" + ", ".join(dims) + "]"
 
 
-@dataclass(frozen=True)
-class Decoded:
+class Decoded(NamedTuple):
     """A request's validated inputs, in the model's input order."""
 
     arrays: list[np.ndarray]
@@ -210,12 +210,22 @@ class RequestSchema:
     def decode_kserve(self, request: grpc_service_pb2.ModelInferRequest) -> Decoded:
         """The validated inputs of a KServe ModelInferRequest (raw or typed contents)."""
         tensors = request.inputs
+        raw = request.raw_input_contents
+        if len(self.inputs) == 1 and len(tensors) == 1 and len(raw) == 1:
+            # The common case (one input, raw contents), without the bookkeeping of many.
+            tensor = tensors[0]
+            spec = self.inputs[0]
+            if tensor.name == spec.name and tensor.datatype == spec.datatype.wire:
+                shape = tuple(tensor.shape)
+                rows = self.check_shape(shape, spec)
+                array = from_bytes(raw[0], spec.datatype, shape, spec.name)
+                self.check_finite(array, spec)
+                return Decoded([array], rows, (shape[1:],) if self.dynamic else None)
         if len(tensors) != len(self.inputs):
             names = [t.name for t in tensors]
             raise InvalidInputError(
                 f"request has inputs {names}; {self.model} expects {self.expected_names()}"
             )
-        raw = request.raw_input_contents
         if raw and len(raw) != len(tensors):
             raise InvalidInputError(
                 f"request has {len(raw)} raw_input_contents entries for {len(tensors)} inputs; "
