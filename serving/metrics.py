@@ -65,20 +65,7 @@ BATCH_SIZE_BUCKETS = tuple(float(2**i) for i in range(11))  # 1 .. 1024
 _MV = ("model", "version")
 REFUSAL_REASONS = ("concurrency_limit", "undecodable")
 # Event-loop lag: a healthy loop is late by well under a millisecond.
-LOOP_LAG_BUCKETS_SECONDS = (
-    0.0005,
-    0.001,
-    0.0025,
-    0.005,
-    0.01,
-    0.025,
-    0.05,
-    0.1,
-    0.25,
-    0.5,
-    1.0,
-    2.5,
-)
+LOOP_LAG_BUCKETS_SECONDS = LATENCY_BUCKETS_SECONDS[2:-1]  # 0.5 ms .. 2.5 s
 
 
 class MetricsError(ValueError):

@@ -20,7 +20,6 @@ import shutil
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -30,8 +29,7 @@ import model_zoo
 import numpy as np
 import pytest
 from model_zoo import ZooModel
-from prometheus_client.parser import text_string_to_metric_families
-from serving_support import ServerProcess, settle
+from serving_support import Samples, ServerProcess, scrape, settle
 
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
@@ -61,8 +59,6 @@ PREDICT_DTYPES = {
     np.dtype(np.object_): "BYTES",
 }
 PREDICT_TO_KSERVE = {PREDICT_DTYPES[d]: wire.DATATYPES[d] for d in PREDICT_DTYPES}
-
-Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
 # -- fixtures -------------------------------------------------------------------------
@@ -160,16 +156,6 @@ def code_of(call: Callable[[], object]) -> tuple[grpc.StatusCode, str]:
     except grpc.RpcError as error:
         return error.code(), error.details() or ""
     return grpc.StatusCode.OK, ""
-
-
-def scrape(port: int) -> Samples:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    return {
-        (s.name, frozenset(s.labels.items())): s.value
-        for family in text_string_to_metric_families(text)
-        for s in family.samples
-    }
 
 
 def metric_delta(before: Samples, after: Samples, name: str, **labels: str) -> float:

@@ -9,8 +9,6 @@ from __future__ import annotations
 import onnx
 import pytest
 from onnx import TensorProto, helper
-
-from protos import model_config_pb2 as mc
 from training.signature import (
     GraphSignature,
     TensorSpec,
@@ -18,6 +16,8 @@ from training.signature import (
     output_names,
     signature_from_onnx,
 )
+
+from protos import model_config_pb2 as mc
 
 F = TensorProto.FLOAT
 
