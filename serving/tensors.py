@@ -308,9 +308,16 @@ def from_bytes(data: bytes, datatype: DataType, shape: Sequence[int], name: str)
 
 
 def _decode_bytes_elements(data: bytes, count: int, name: str) -> np.ndarray:
+    size = len(data)
+    # Every element takes at least its 4-byte length: refuse a claimed shape the data
+    # cannot hold before allocating for it (a 20-byte request must not allocate 2**31).
+    if count > size // 4:
+        raise InvalidInputError(
+            f"input '{name}' has {size} bytes of BYTES data; {count} elements need at least "
+            f"{4 * count} (each is a 4-byte little-endian length and that many bytes)"
+        )
     elements = np.empty(count, dtype=object)
     offset = 0
-    size = len(data)
     for i in range(count):
         if offset + 4 > size:
             raise InvalidInputError(

@@ -15,6 +15,7 @@ from serving.errors import (
     DeadlineExpiredError,
     ModelUnavailableError,
     QueueFullError,
+    QueueTimeoutError,
     SettingsError,
 )
 
@@ -60,15 +61,23 @@ class FakeModel:
         self.release.set()
         self.running = threading.Event()
 
-    def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
         self.running.set()
         assert self.release.wait(10)
-        self.batches.append(batch.shape[0])
-        return [batch * 2, batch.sum(axis=1, keepdims=True)]
+        (x,) = batch  # (rows, features): one model input
+        self.batches.append(x.shape[0])
+        return [x * 2, x.sum(axis=1, keepdims=True)]
 
 
 def rows(*values: float) -> np.ndarray:
     return np.array([[v, v] for v in values], dtype=np.float32)
+
+
+def submit(
+    batcher: Batcher, array: np.ndarray, key: object = None, deadline: float | None = None
+) -> asyncio.Future:
+    """One single-input request of ``array``'s rows."""
+    return batcher.submit([array], array.shape[0], key=key, deadline=deadline)
 
 
 def run(test: Callable[[], object]) -> None:
@@ -95,18 +104,19 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
         batcher, model, metrics = make(
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1000)
         )
-        futures = [batcher.submit(rows(i, i + 0.5)) for i in range(10)]
+        futures = [submit(batcher, rows(i, i + 0.5)) for i in range(10)]
         results = await asyncio.gather(*futures)
         assert model.batches == [20]
         assert metrics.batch_rows == [20]
         for i, (doubled, summed) in enumerate(results):
             np.testing.assert_array_equal(doubled, rows(i, i + 0.5) * 2)
             np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
-        assert (
-            batcher.statistics.requests,
-            batcher.statistics.inference_count,
-            batcher.statistics.execution_count,
-        ) == (10, 20, 1)
+        # The batcher reports executions and queue waits; successes (requests, rows) are
+        # counted by the request path, after encoding.
+        statistics = batcher.statistics
+        assert (statistics.execution_count, sorted(statistics.sizes)) == (1, [20])
+        assert (statistics.queue.count, statistics.compute_infer.count) == (10, 10)
+        assert (statistics.requests, statistics.inference_count) == (0, 0)
         assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
         assert len(metrics.waits) == 10 and all(0 <= w < 5 for w in metrics.waits)
         assert len(metrics.execution_seconds) == 1 and 0 < metrics.execution_seconds[0] < 5
@@ -121,10 +131,10 @@ def test_lone_request_does_not_wait_for_the_queue_delay() -> None:
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=2_000_000)
         )
         started = time.perf_counter()
-        await batcher.submit(rows(1))
+        await submit(batcher, rows(1))
         assert time.perf_counter() - started < 0.5  # far below the 2 s delay
         assert model.batches == [1]
-        assert (batcher.requests, batcher.rows, batcher.executions) == (1, 1, 1)
+        assert (batcher.statistics.execution_count, list(batcher.statistics.sizes)) == (1, [1])
         await batcher.close()
 
     run(body)
@@ -135,7 +145,7 @@ def test_batches_never_exceed_max_batch_size() -> None:
         batcher, model, _ = make(
             BatchingPolicy(max_batch_size=4, max_queue_delay_microseconds=1000)
         )
-        await asyncio.gather(*(batcher.submit(rows(i)) for i in range(10)))
+        await asyncio.gather(*(submit(batcher, rows(i)) for i in range(10)))
         assert model.batches == [4, 4, 2]
         await batcher.close()
 
@@ -147,7 +157,7 @@ async def _trickle_for(batcher: Batcher, seconds: float, futures: list) -> None:
     ends = time.perf_counter() + seconds
     i = 0
     while time.perf_counter() < ends:
-        futures.append(batcher.submit(rows(i)))
+        futures.append(submit(batcher, rows(i)))
         i += 1
         await asyncio.sleep(0)
 
@@ -211,9 +221,9 @@ def test_requests_queue_while_the_instance_is_busy_and_form_the_next_batch() -> 
     async def body() -> None:
         batcher, model, _ = make(BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0))
         model.release.clear()
-        first = batcher.submit(rows(0))
+        first = submit(batcher, rows(0))
         await wait_running(model)
-        later = [batcher.submit(rows(i)) for i in range(1, 6)]
+        later = [submit(batcher, rows(i)) for i in range(1, 6)]
         model.release.set()
         await asyncio.gather(first, *later)
         assert model.batches == [1, 5]
@@ -228,18 +238,18 @@ def test_full_queue_refuses_at_admission() -> None:
             BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0, max_queue_size=2)
         )
         model.release.clear()
-        running = batcher.submit(rows(0))
+        running = submit(batcher, rows(0))
         await wait_running(model)
-        queued = [batcher.submit(rows(1)), batcher.submit(rows(2))]
+        queued = [submit(batcher, rows(1)), submit(batcher, rows(2))]
         with pytest.raises(
             QueueFullError,
             match=r"^model 'fake' v1 is overloaded: 2 requests are waiting, max_queue_size is 2",
         ):
-            batcher.submit(rows(3))
+            submit(batcher, rows(3))
         assert metrics.rejections == 1
         model.release.set()
         await asyncio.gather(running, *queued)
-        await batcher.submit(rows(4))  # serving again once the queue drained
+        await submit(batcher, rows(4))  # serving again once the queue drained
         await batcher.close()
 
     run(body)
@@ -251,11 +261,11 @@ def test_cancelled_and_expired_requests_are_dropped_before_execution() -> None:
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0)
         )
         model.release.clear()
-        running = batcher.submit(rows(0))
+        running = submit(batcher, rows(0))
         await wait_running(model)
-        cancelled = batcher.submit(rows(1))
-        expired = batcher.submit(rows(2), deadline=time.perf_counter() + 0.01)
-        alive = batcher.submit(rows(3), deadline=time.perf_counter() + 30)
+        cancelled = submit(batcher, rows(1))
+        expired = submit(batcher, rows(2), deadline=time.perf_counter() + 0.01)
+        alive = submit(batcher, rows(3), deadline=time.perf_counter() + 30)
         cancelled.cancel()
         await asyncio.sleep(0.05)
         model.release.set()
@@ -283,14 +293,14 @@ def test_a_request_cancelled_after_its_deadline_passed_counts_as_a_deadline_drop
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0)
         )
         model.release.clear()
-        running = batcher.submit(rows(0))
+        running = submit(batcher, rows(0))
         await wait_running(model)
-        expired = batcher.submit(rows(1), deadline=time.perf_counter() + 0.01)
+        expired = submit(batcher, rows(1), deadline=time.perf_counter() + 0.01)
         await asyncio.sleep(0.05)
         expired.cancel()  # what the gRPC server does when the deadline passes
         model.release.set()
         await running
-        await batcher.submit(rows(2))
+        await submit(batcher, rows(2))
         assert model.batches == [1, 1]
         assert metrics.dropped_reasons == ["deadline"]
         assert metrics.inflight_now == 0
@@ -305,12 +315,12 @@ def test_expired_requests_in_the_middle_of_the_queue_do_not_split_the_batch() ->
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
         )
         model.release.clear()
-        running = batcher.submit(rows(0))
+        running = submit(batcher, rows(0))
         await wait_running(model)
-        first = batcher.submit(rows(1))
+        first = submit(batcher, rows(1))
         soon = time.perf_counter() + 0.01
-        expired = [batcher.submit(rows(2), deadline=soon), batcher.submit(rows(3), deadline=soon)]
-        last = batcher.submit(rows(4))
+        expired = [submit(batcher, rows(2), deadline=soon), submit(batcher, rows(3), deadline=soon)]
+        last = submit(batcher, rows(4))
         await asyncio.sleep(0.05)
         model.release.set()
         await asyncio.gather(running, first, last)
@@ -329,7 +339,7 @@ def test_instances_execute_in_parallel() -> None:
         barrier = threading.Barrier(2, timeout=5)
 
         class Parallel(FakeModel):
-            def __call__(self, batch: np.ndarray) -> list[np.ndarray]:
+            def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
                 barrier.wait()  # both executions must be running at the same time
                 return super().__call__(batch)
 
@@ -337,7 +347,7 @@ def test_instances_execute_in_parallel() -> None:
             BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0, instances=2),
             Parallel(),
         )
-        await asyncio.gather(batcher.submit(rows(0)), batcher.submit(rows(1)))
+        await asyncio.gather(submit(batcher, rows(0)), submit(batcher, rows(1)))
         assert model.batches == [1, 1]
         await batcher.close()
 
@@ -347,7 +357,7 @@ def test_instances_execute_in_parallel() -> None:
 def test_disabled_batching_runs_every_request_alone() -> None:
     async def body() -> None:
         batcher, model, _ = make(BatchingPolicy(enabled=False, max_batch_size=64))
-        await asyncio.gather(*(batcher.submit(rows(i, i)) for i in range(5)))
+        await asyncio.gather(*(submit(batcher, rows(i, i)) for i in range(5)))
         assert model.batches == [2, 2, 2, 2, 2]
         await batcher.close()
 
@@ -357,13 +367,13 @@ def test_disabled_batching_runs_every_request_alone() -> None:
 def test_close_finishes_queued_requests_then_refuses_new_ones() -> None:
     async def body() -> None:
         batcher, _, _ = make(BatchingPolicy(max_batch_size=2, max_queue_delay_microseconds=0))
-        futures = [batcher.submit(rows(i)) for i in range(6)]
+        futures = [submit(batcher, rows(i)) for i in range(6)]
         await batcher.close()
         assert all(f.done() and f.exception() is None for f in futures)
         with pytest.raises(
             ModelUnavailableError, match=r"^model 'fake' v1 is unloading; retry on another version$"
         ):
-            batcher.submit(rows(9))
+            submit(batcher, rows(9))
 
     run(body)
 
@@ -372,7 +382,7 @@ def test_close_stops_the_worker_threads_of_every_instance() -> None:
     async def body() -> None:
         before = {t.ident for t in threading.enumerate()}
         batcher, _, _ = make(BatchingPolicy(max_batch_size=2, instances=3))
-        await batcher.submit(rows(1))
+        await submit(batcher, rows(1))
         workers = [t for t in threading.enumerate() if t.ident not in before]
         assert sorted(t.name for t in workers) == [f"infer-model 'fake' v1-{i}" for i in range(3)]
         assert all(t.daemon for t in workers)  # a stuck session.run must not keep the process
@@ -391,11 +401,11 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
     async def body() -> None:
         calls = []
 
-        def flaky(batch: np.ndarray) -> list[np.ndarray]:
-            calls.append(batch.shape[0])
+        def flaky(batch: list[np.ndarray]) -> list[np.ndarray]:
+            calls.append(batch[0].shape[0])
             if len(calls) == 1:
                 raise RuntimeError("boom")
-            return [batch]
+            return batch
 
         batcher = Batcher(flaky, BatchingPolicy(max_queue_delay_microseconds=0), name="flaky")
         batcher.start()
@@ -403,11 +413,11 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
             caplog.at_level("ERROR", logger="serving.batcher"),
             pytest.raises(RuntimeError, match="boom"),
         ):
-            await batcher.submit(rows(1))
+            await submit(batcher, rows(1))
         assert caplog.messages == [
             "event=execution_failed batcher='flaky' rows=1 error=RuntimeError('boom')"
         ]
-        np.testing.assert_array_equal((await batcher.submit(rows(2)))[0], rows(2))
+        np.testing.assert_array_equal((await submit(batcher, rows(2)))[0], rows(2))
         await batcher.close()
 
     run(body)
@@ -415,12 +425,17 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
 
 def test_outputs_with_the_wrong_number_of_rows_are_an_error() -> None:
     async def body() -> None:
-        batcher = Batcher(lambda b: [b[:1]], BatchingPolicy(), name="model 'bad' v1")
+        batcher = Batcher(lambda b: [b[0], b[0][:1]], BatchingPolicy(), name="model 'bad' v1")
         batcher.start()
-        futures = [batcher.submit(rows(1)), batcher.submit(rows(2))]
+        futures = [submit(batcher, rows(1)), submit(batcher, rows(2))]
         for future in futures:
-            with pytest.raises(RuntimeError, match="returned 1 rows for a batch of 2"):
+            with pytest.raises(
+                RuntimeError,
+                match=r"^model 'bad' v1 returned an output of shape \[1, 2\] for a batch of 2 "
+                "rows$",
+            ):
                 await future
+        assert batcher.statistics.execution_count == 0  # a failed execution is not counted
         await batcher.close()
 
     run(body)
@@ -431,7 +446,7 @@ def test_a_request_that_does_not_fit_ends_the_batch_and_starts_the_next() -> Non
         batcher, model, _ = make(
             BatchingPolicy(max_batch_size=4, max_queue_delay_microseconds=1_000_000)
         )
-        three, two = batcher.submit(rows(1, 2, 3)), batcher.submit(rows(4, 5))
+        three, two = submit(batcher, rows(1, 2, 3)), submit(batcher, rows(4, 5))
         _, second = await asyncio.gather(three, two)
         assert model.batches == [3, 2]  # 3 + 2 rows would exceed max_batch_size 4
         np.testing.assert_array_equal(second[0], rows(4, 5) * 2)
@@ -444,7 +459,7 @@ def test_submit_before_start_and_close_without_start_are_handled() -> None:
     async def body() -> None:
         batcher = Batcher(FakeModel(), BatchingPolicy(), name="model 'idle' v1")
         with pytest.raises(ModelUnavailableError, match="model 'idle' v1 is unloading"):
-            batcher.submit(rows(1))
+            submit(batcher, rows(1))
         await batcher.close()  # nothing started: nothing to wait for
 
     run(body)
@@ -458,9 +473,9 @@ def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
             BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0)
         )
         model.release.clear()  # the running execution never finishes during close
-        running = batcher.submit(rows(0))
+        running = submit(batcher, rows(0))
         await wait_running(model)
-        queued = batcher.submit(rows(1))
+        queued = submit(batcher, rows(1))
         started = time.perf_counter()
         with caplog.at_level("WARNING", logger="serving.batcher"):
             await batcher.close(timeout=0.2)
@@ -487,14 +502,14 @@ def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
         batcher._form_batch = broken  # type: ignore[method-assign]
         with caplog.at_level("ERROR", logger="serving.batcher"):
             batcher.start()
-            waiting = batcher.submit(rows(1))
+            waiting = submit(batcher, rows(1))
             with pytest.raises(
                 ModelUnavailableError, match=r"^model 'fake' v1 failed: RuntimeError\('bug'\)$"
             ):
                 await waiting
         assert caplog.messages == ["event=batcher_failed batcher=\"model 'fake' v1\""]
         with pytest.raises(ModelUnavailableError, match="unloading"):
-            batcher.submit(rows(2))  # closed: it does not pretend to serve
+            submit(batcher, rows(2))  # closed: it does not pretend to serve
         await batcher.close()
 
     run(body)
@@ -518,6 +533,14 @@ def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
             {"max_batch_size": 4, "preferred_batch_sizes": (8,)},
             "preferred batch size 8 is outside 1..max_batch_size (4)",
         ),
+        (
+            {"max_batch_size": 4, "preferred_batch_sizes": (0,)},
+            "preferred batch size 0 is outside 1..max_batch_size (4)",
+        ),
+        (
+            {"queue_timeout_microseconds": -1},
+            "queue_timeout_microseconds must be >= 0, got -1",
+        ),
     ],
 )
 def test_invalid_policies_are_refused(kwargs: dict, message: str) -> None:
@@ -532,8 +555,216 @@ def test_invalid_policies_are_refused(kwargs: dict, message: str) -> None:
         {"enabled": False, "max_batch_size": 0},  # no row limit, no merging
         {"max_queue_size": 1, "instances": 1, "max_queue_delay_microseconds": 0},
         {"max_batch_size": 1, "preferred_batch_sizes": (1,)},
+        {"max_batch_size": 4, "preferred_batch_sizes": (4,), "queue_timeout_microseconds": 0},
     ],
 )
 def test_the_smallest_valid_policies_are_accepted(kwargs: dict) -> None:
     policy = BatchingPolicy(**kwargs)
     assert all(getattr(policy, key) == value for key, value in kwargs.items())
+
+
+def test_batched_follows_max_batch_size() -> None:
+    assert BatchingPolicy(max_batch_size=1).batched is True
+    assert BatchingPolicy(enabled=False, max_batch_size=0).batched is False
+    assert BatchingPolicy(enabled=False, max_batch_size=8).batched is True
+
+
+# -- several inputs, keys, models without a batch dimension -----------------------------
+
+
+class TwoInputModel:
+    """Inputs ``a`` (rows, 2) and ``b`` (rows, 3); outputs a + sum(b) and b * 10."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[tuple[int, ...], ...]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.running = threading.Event()
+
+    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
+        self.running.set()
+        assert self.release.wait(10)
+        a, b = batch
+        self.batches.append((a.shape, b.shape))
+        return [a + b.sum(axis=1, keepdims=True), b * 10]
+
+
+def test_several_inputs_are_joined_input_by_input_and_split_back_per_caller() -> None:
+    async def body() -> None:
+        model = TwoInputModel()
+        batcher = Batcher(
+            model, BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000),
+            name="model 'two' v1",
+        )  # fmt: skip
+        batcher.start()
+        requests = []
+        for i, n in enumerate((1, 3, 2)):
+            a = np.full((n, 2), i, dtype=np.float32) + np.arange(n, dtype=np.float32)[:, None]
+            b = np.arange(n * 3, dtype=np.float32).reshape(n, 3) + 100 * i
+            requests.append((a, b))
+        futures = [batcher.submit([a, b], a.shape[0]) for a, b in requests]
+        results = await asyncio.gather(*futures)
+        assert model.batches == [((6, 2), (6, 3))]  # one execution, each input joined
+        for (a, b), (summed, scaled) in zip(requests, results, strict=True):
+            np.testing.assert_array_equal(summed, a + b.sum(axis=1, keepdims=True))
+            np.testing.assert_array_equal(scaled, b * 10)
+        await batcher.close()
+
+    run(body)
+
+
+def test_requests_with_different_keys_never_share_an_execution() -> None:
+    """Keys are the shapes after the batch dimension: merging them could not even concatenate.
+
+    The queue is [w2, w2, w3, w2, w3]: collection stops at the first differing key, so the
+    batches are [w2 w2], [w3], [w2], [w3] (the later w2 is not pulled past the w3).
+    """
+
+    async def body() -> None:
+        model = FakeModel()
+        widths: list[int] = []
+
+        def width_model(batch: list[np.ndarray]) -> list[np.ndarray]:
+            widths.append(batch[0].shape[1])
+            return model(batch)
+
+        batcher = Batcher(
+            width_model, BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000),
+            name="model 'fake' v1",
+        )  # fmt: skip
+        batcher.start()
+        model.release.clear()
+        running = submit(batcher, np.ones((1, 2), np.float32), key=(2,))
+        await wait_running(model)
+        arrays = [np.full((1, w), i, np.float32) for i, w in enumerate((2, 2, 3, 2, 3))]
+        queued = [submit(batcher, a, key=(a.shape[1],)) for a in arrays]
+        model.release.set()
+        await running
+        results = await asyncio.gather(*queued)
+        assert (model.batches, widths) == ([1, 2, 1, 1, 1], [2, 2, 3, 2, 3])
+        for array, (doubled, _) in zip(arrays, results, strict=True):
+            np.testing.assert_array_equal(doubled, array * 2)
+        await batcher.close()
+
+    run(body)
+
+
+def test_requests_with_the_same_key_share_an_execution() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
+        )
+        model.release.clear()
+        running = submit(batcher, rows(0), key=("k", 2))
+        await wait_running(model)
+        queued = [submit(batcher, rows(i), key=("k", 2)) for i in range(1, 5)]
+        model.release.set()
+        await asyncio.gather(running, *queued)
+        assert model.batches == [1, 4]
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_model_without_a_batch_dimension_runs_each_request_alone_with_outputs_whole() -> None:
+    """max_batch_size 0: shapes are whole tensors; outputs need not have the request's rows."""
+
+    async def body() -> None:
+        seen: list[tuple[int, ...]] = []
+
+        def whole(batch: list[np.ndarray]) -> list[np.ndarray]:
+            (x,) = batch
+            seen.append(x.shape)
+            return [np.float32(x.sum()) * np.ones(()), np.arange(5) + x.size]
+
+        policy = BatchingPolicy(enabled=False, max_batch_size=0)
+        batcher = Batcher(whole, policy, name="model 'whole' v1")
+        batcher.start()
+        inputs = [np.ones((3, 4), np.float32), np.full((3, 4), 2, np.float32)]
+        results = await asyncio.gather(*(batcher.submit([x], 1) for x in inputs))
+        assert seen == [(3, 4), (3, 4)]  # never joined
+        assert [float(r[0]) for r in results] == [12.0, 24.0]
+        assert all(r[0].shape == () for r in results)  # a scalar output: no row check
+        for result in results:
+            np.testing.assert_array_equal(result[1], np.arange(5) + 12)
+        assert batcher.statistics.execution_count == 2
+        assert sorted(batcher.statistics.sizes) == [1]
+        await batcher.close()
+
+    run(body)
+
+
+def test_a_batched_output_without_a_batch_dimension_is_an_error() -> None:
+    async def body() -> None:
+        batcher = Batcher(
+            lambda b: [np.float32(1.0) * np.ones(())], BatchingPolicy(), name="model 'bad' v1"
+        )
+        batcher.start()
+        with pytest.raises(
+            RuntimeError,
+            match=r"^model 'bad' v1 returned an output of shape \[\] for a batch of 1 rows$",
+        ):
+            await submit(batcher, rows(1))
+        await batcher.close()
+
+    run(body)
+
+
+def test_statistics_count_executions_per_batch_size_and_every_queued_request() -> None:
+    async def body() -> None:
+        batcher, model, _ = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
+        )
+        statistics = batcher.statistics
+        model.release.clear()
+        running = submit(batcher, rows(0, 0))
+        await wait_running(model)
+        queued = [submit(batcher, rows(i)) for i in range(1, 4)]
+        model.release.set()
+        await asyncio.gather(running, *queued)
+        await submit(batcher, rows(7, 8, 9))  # alone: another 3-row execution
+        assert model.batches == [2, 3, 3]
+        assert statistics.execution_count == 3
+        for part in ("input", "infer", "output"):  # one duration per execution of each size
+            counts = {size: getattr(batch, part).count for size, batch in statistics.sizes.items()}
+            assert counts == {2: 1, 3: 2}, part
+        # Every request is counted once when it leaves the queue, and once per execution
+        # it waited for (compute_infer counts requests, as Triton does).
+        assert statistics.queue.count == 5
+        assert statistics.compute_infer.count == 5
+        assert statistics.queue.ns > 0  # the three queued ones waited for the first run
+        assert statistics.last_inference_ms > 0
+        await batcher.close()
+
+    run(body)
+
+
+def test_queued_requests_past_the_queue_timeout_are_refused_and_the_rest_run() -> None:
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(
+                max_batch_size=64, max_queue_delay_microseconds=0, queue_timeout_microseconds=50_000
+            )
+        )
+        model.release.clear()
+        running = submit(batcher, rows(0))
+        await wait_running(model)
+        old = submit(batcher, rows(1))
+        await asyncio.sleep(0.1)  # twice the queue timeout
+        fresh = submit(batcher, rows(2))
+        model.release.set()
+        await running
+        np.testing.assert_array_equal((await fresh)[0], rows(2) * 2)
+        with pytest.raises(
+            QueueTimeoutError,
+            match=r"^model 'fake' v1 is overloaded: the request waited 0\.\d{3} s in its queue, "
+            r"the queue policy's default_timeout_microseconds is 50000; retry later$",
+        ):
+            await old
+        assert model.batches == [1, 1]
+        assert metrics.dropped_reasons == ["queue_timeout"]
+        assert metrics.inflight_now == 0
+        assert batcher.statistics.queue.count == 2  # the refused one never left for a run
+        await batcher.close()
+
+    run(body)

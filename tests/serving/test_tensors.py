@@ -319,10 +319,35 @@ def test_bytes_elements_round_trip_and_bad_lengths_are_refused() -> None:
     assert decoded.tolist() == [["a"], [""], ["\u00e9t\u00e9"]]
     with pytest.raises(InvalidInputError, match="element 2 claims 5 bytes; only 4 remain"):
         from_bytes(data[:-1], BY_WIRE["BYTES"], (3, 1), "text")
-    with pytest.raises(InvalidInputError, match="ends after 2 of 3 elements"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^input 'text' has 9 bytes of BYTES data; 3 elements need at least 12 ",
+    ):
         from_bytes(data[:9], BY_WIRE["BYTES"], (3, 1), "text")
+    long_first = encode_bytes(np.array([b"abcd", b""], dtype=object))  # 12 bytes, 2 elements
+    with pytest.raises(InvalidInputError, match="ends after 2 of 3 elements"):
+        from_bytes(long_first, BY_WIRE["BYTES"], (3, 1), "text")
+    assert from_bytes(b"\0" * 12, BY_WIRE["BYTES"], (3,), "text").tolist() == ["", "", ""]
     with pytest.raises(InvalidInputError, match="1 bytes after its 3 BYTES elements"):
         from_bytes(data + b"x", BY_WIRE["BYTES"], (3, 1), "text")
+
+
+def test_a_bytes_shape_larger_than_its_data_is_refused_before_allocating() -> None:
+    """Found by the decoding properties: a 20-byte request claiming [1, 2**31] BYTES elements
+    made the server allocate 16 GiB of object pointers (OOM-killed), [1, 2**40] raised
+    MemoryError and [1, 2**62] ValueError instead of InvalidInputError."""
+    schema = RequestSchema("m", (TensorSpec("t", BY_WIRE["BYTES"], (-1, -1)),), True, 4, False)
+    for claimed in (2**31, 2**40, 2**62):
+        tensor = pb.ModelInferRequest.InferInputTensor(
+            name="t", datatype="BYTES", shape=[1, claimed]
+        )
+        request = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[b"\0" * 20])
+        with pytest.raises(
+            InvalidInputError,
+            match=rf"^input 't' has 20 bytes of BYTES data; {claimed} elements need at least "
+            rf"{4 * claimed} ",
+        ):
+            schema.decode_kserve(request)
 
 
 def test_dynamic_non_batch_dims_give_a_merge_key_per_shape() -> None:
