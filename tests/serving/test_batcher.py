@@ -808,3 +808,31 @@ def test_statistics_time_each_part_of_an_execution_in_plausible_bounds() -> None
         await batcher.close()
 
     run(body)
+
+
+def test_a_request_timing_out_while_a_batch_collects_does_not_end_the_batch() -> None:
+    """The event loop is blocked past the queue timeout between two arrivals: the older
+    one is refused, the younger one still joins the batch being collected."""
+
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(
+                max_batch_size=64,
+                max_queue_delay_microseconds=5_000_000,
+                queue_timeout_microseconds=50_000,
+            )
+        )
+        first = submit(batcher, rows(1))
+        await asyncio.sleep(0)  # the batcher takes it and starts collecting
+        old = submit(batcher, rows(2))
+        time.sleep(0.1)  # blocks the loop: `old` waits twice the queue timeout
+        young = submit(batcher, rows(3))
+        results = await asyncio.gather(first, young)
+        with pytest.raises(QueueTimeoutError):
+            await old
+        assert model.batches == [2]
+        np.testing.assert_array_equal(results[1][0], rows(3) * 2)
+        assert metrics.dropped_reasons == ["queue_timeout"]
+        await batcher.close()
+
+    run(body)
