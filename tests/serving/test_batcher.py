@@ -477,14 +477,15 @@ def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
         model.release.clear()  # the running execution never finishes during close
         running = submit(batcher, rows(0))
         await wait_running(model)
-        queued = submit(batcher, rows(1))
+        queued = [submit(batcher, rows(1)), submit(batcher, rows(2))]
         started = time.perf_counter()
         with caplog.at_level("WARNING", logger="serving.batcher"):
             await batcher.close(timeout=0.2)
         assert time.perf_counter() - started < 5
-        assert metrics.inflight_now == 1  # the running one; the queued one is settled
-        with pytest.raises(ModelUnavailableError, match=r"^model 'fake' v1 was unloaded$"):
-            await queued
+        assert metrics.inflight_now == 1  # the running one; both queued ones are settled
+        for future in queued:
+            with pytest.raises(ModelUnavailableError, match=r"^model 'fake' v1 was unloaded$"):
+                await future
         assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]
         model.release.set()
         await running
@@ -834,5 +835,30 @@ def test_a_request_timing_out_while_a_batch_collects_does_not_end_the_batch() ->
         np.testing.assert_array_equal(results[1][0], rows(3) * 2)
         assert metrics.dropped_reasons == ["queue_timeout"]
         await batcher.close()
+
+    run(body)
+
+
+def test_close_gives_up_on_a_running_execution_after_its_timeout_with_nothing_queued(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The owning task ends at once (empty queue); close still waits for the execution,
+    but only for ``timeout``."""
+
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=1, max_queue_delay_microseconds=0)
+        )
+        model.release.clear()
+        running = submit(batcher, rows(0))
+        await wait_running(model)
+        started = time.perf_counter()
+        with caplog.at_level("WARNING", logger="serving.batcher"):
+            await batcher.close(timeout=0.2)
+        assert 0.2 <= time.perf_counter() - started < 5
+        assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]
+        assert metrics.inflight_now == 1
+        model.release.set()
+        np.testing.assert_array_equal((await running)[0], rows(0) * 2)
 
     run(body)

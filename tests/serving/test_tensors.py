@@ -627,3 +627,9 @@ def test_requested_outputs_are_positions_and_unknown_names_are_refused() -> None
         r"\['logits', 'probabilities'\]$",
     ):
         requested_outputs(names, ["logits", "nope"], "model 'm' v1")
+
+
+def test_describe_shape_names_the_batch_dimension_unless_told_otherwise() -> None:
+    spec = TensorSpec("x", BY_WIRE["FP32"], (-1, 3, -1))
+    assert spec.describe_shape() == "[batch, 3, ?]"
+    assert spec.describe_shape(batched=False) == "[?, 3, ?]"
