@@ -633,3 +633,45 @@ def test_describe_shape_names_the_batch_dimension_unless_told_otherwise() -> Non
     spec = TensorSpec("x", BY_WIRE["FP32"], (-1, 3, -1))
     assert spec.describe_shape() == "[batch, 3, ?]"
     assert spec.describe_shape(batched=False) == "[?, 3, ?]"
+
+
+def two_inputs() -> RequestSchema:
+    specs = (TensorSpec("a", BY_WIRE["FP32"], (-1, 2)), TensorSpec("b", BY_WIRE["INT64"], (-1,)))
+    return RequestSchema("model 'two' v1", specs, True, 8, False)
+
+
+def test_predict_multi_input_messages_name_the_rule_broken() -> None:
+    schema = two_inputs()
+    a = predict_pb2.Tensor(shape=[1, 2], dtype=predict_pb2.FLOAT32, data=b"\0" * 8)
+    b = predict_pb2.Tensor(shape=[2], dtype=predict_pb2.INT64, data=b"\0" * 16)
+    both = predict_pb2.PredictRequest(input=a, inputs={"a": a})
+    with pytest.raises(
+        InvalidInputError, match=r"^request sets both 'input' and 'inputs'; use one$"
+    ):
+        schema.decode_predict(both)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^model 'two' v1 has inputs 'a', 'b'; send them by name in 'inputs'$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(input=a))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^request lacks input\(s\) \['b'\]; model 'two' v1 expects 'a', 'b'$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a}))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^inputs have different batch sizes \{'a': 1, 'b': 2\}; every input of a request "
+        r"must have the same number of rows$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": b}))
+    short = predict_pb2.Tensor(shape=[1], dtype=predict_pb2.INT64, data=b"\0" * 4)
+    with pytest.raises(InvalidInputError, match=r"^input 'b' has 4 bytes of data; shape \[1\]"):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": short}))
+
+
+def test_a_model_without_inputs_takes_an_empty_request_as_one_row() -> None:
+    """An ONNX graph may have no inputs (constants only); over KServe it is one empty request."""
+    schema = RequestSchema("model 'const' v1", (), False, 0, False)
+    decoded = schema.decode_kserve(pb.ModelInferRequest())
+    assert (decoded.arrays, decoded.rows, decoded.key) == ([], 1, None)
