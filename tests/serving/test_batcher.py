@@ -746,22 +746,24 @@ def test_queued_requests_past_the_queue_timeout_are_refused_and_the_rest_run() -
     async def body() -> None:
         batcher, model, metrics = make(
             BatchingPolicy(
-                max_batch_size=64, max_queue_delay_microseconds=0, queue_timeout_microseconds=50_000
+                max_batch_size=64,
+                max_queue_delay_microseconds=0,
+                queue_timeout_microseconds=200_000,
             )
         )
         model.release.clear()
         running = submit(batcher, rows(0))
         await wait_running(model)
         old = submit(batcher, rows(1))
-        await asyncio.sleep(0.1)  # twice the queue timeout
+        await asyncio.sleep(0.5)  # past the queue timeout; `fresh` has 200 ms to spare
         fresh = submit(batcher, rows(2))
         model.release.set()
         await running
         np.testing.assert_array_equal((await fresh)[0], rows(2) * 2)
         with pytest.raises(
             QueueTimeoutError,
-            match=r"^model 'fake' v1 is overloaded: the request waited 0\.\d{3} s in its queue, "
-            r"the queue policy's default_timeout_microseconds is 50000; retry later$",
+            match=r"^model 'fake' v1 is overloaded: the request waited \d+\.\d{3} s in its queue, "
+            r"the queue policy's default_timeout_microseconds is 200000; retry later$",
         ):
             await old
         assert model.batches == [1, 1]
@@ -820,13 +822,13 @@ def test_a_request_timing_out_while_a_batch_collects_does_not_end_the_batch() ->
             BatchingPolicy(
                 max_batch_size=64,
                 max_queue_delay_microseconds=5_000_000,
-                queue_timeout_microseconds=50_000,
+                queue_timeout_microseconds=200_000,
             )
         )
         first = submit(batcher, rows(1))
         await asyncio.sleep(0)  # the batcher takes it and starts collecting
         old = submit(batcher, rows(2))
-        time.sleep(0.1)  # blocks the loop: `old` waits twice the queue timeout
+        time.sleep(0.5)  # blocks the loop past the queue timeout; `young` has 200 ms to spare
         young = submit(batcher, rows(3))
         results = await asyncio.gather(first, young)
         with pytest.raises(QueueTimeoutError):
