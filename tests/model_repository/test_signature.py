@@ -187,6 +187,12 @@ def test_a_type_no_wire_type_holds_is_invalid_and_ort_names_it() -> None:
     assert ort_type_name(opened, "nope") == "unknown"
 
 
+def test_a_zero_sized_dimension_is_kept_not_made_free() -> None:
+    signature = signature_of(model([("x", F, [2, 0])], [("y", F, [2, 0])]))
+    assert signature.inputs == (TensorSpec("x", mc.TYPE_FP32, (2, 0)),)
+    assert signature.outputs == (TensorSpec("y", mc.TYPE_FP32, (2, 0)),)
+
+
 def test_unnamed_free_and_missing_shapes() -> None:
     built = model([("x", F, [None, 3])], [("y", F, ["b", 3])])
     assert signature_of(built).inputs == (TensorSpec("x", mc.TYPE_FP32, (-1, 3)),)
@@ -321,6 +327,18 @@ def test_a_tensor_listed_twice_is_reported_once_and_not_compared_again() -> None
     assert problems(cfg) == [
         "config input 'input' is listed twice",
         "config output 'logits' is listed twice",
+    ]
+
+
+def test_tensors_after_one_listed_twice_are_still_checked() -> None:
+    cfg = config()
+    del cfg.output[:]
+    cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[10])
+    cfg.output.add(name="logits", data_type=mc.TYPE_FP32, dims=[10])
+    cfg.output.add(name="scores", data_type=mc.TYPE_FP32, dims=[10])
+    assert problems(cfg) == [
+        "config output 'logits' is listed twice",
+        "config output 'scores' is not in the graph (graph outputs: ['logits', 'probabilities'])",
     ]
 
 
@@ -484,6 +502,8 @@ def test_a_stated_batch_size_on_a_batchable_graph_fills_stripped_dims() -> None:
     signature = signature_of(classifier())
     completed = complete_config(mc.ModelConfig(max_batch_size=16), signature, "mlp")
     assert completed.max_batch_size == 16
+    one = complete_config(mc.ModelConfig(max_batch_size=1), signature, "mlp")  # still batched
+    assert [(i.name, list(i.dims)) for i in one.input] == [("input", [1, 8, 8])]
     assert [(o.name, list(o.dims)) for o in completed.output] == [
         ("logits", [10]),
         ("probabilities", [10]),

@@ -20,7 +20,10 @@ from serving.tensors import (
     encode_bytes,
     fill_predict_tensor,
     from_bytes,
+    requested_outputs,
+    to_bytes,
 )
+from serving.tensors import top_k as top_k_indices
 
 IMAGE = TensorSpec("input", BY_WIRE["FP32"], (-1, 1, 8, 8))
 MODEL = "model 'mlp' v1"
@@ -325,7 +328,11 @@ def test_bytes_elements_round_trip_and_bad_lengths_are_refused() -> None:
     ):
         from_bytes(data[:9], BY_WIRE["BYTES"], (3, 1), "text")
     long_first = encode_bytes(np.array([b"abcd", b""], dtype=object))  # 12 bytes, 2 elements
-    with pytest.raises(InvalidInputError, match="ends after 2 of 3 elements"):
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^input 'text' BYTES data ends after 2 of 3 elements; each element is a 4-byte "
+        r"little-endian length and that many bytes$",
+    ):
         from_bytes(long_first, BY_WIRE["BYTES"], (3, 1), "text")
     assert from_bytes(b"\0" * 12, BY_WIRE["BYTES"], (3,), "text").tolist() == ["", "", ""]
     with pytest.raises(InvalidInputError, match="1 bytes after its 3 BYTES elements"):
@@ -526,3 +533,145 @@ def test_unknown_dtype_numbers_and_nan_messages_are_complete() -> None:
         "input 'input' contains 1 NaN/Inf values (first at index [0, 0, 1, 2]); "
         "model 'mlp' v1 expects finite numbers"
     )
+
+
+def test_bytes_that_are_not_utf8_are_refused_raw_and_typed_naming_the_input() -> None:
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^input 'text' BYTES element 1 is not UTF-8 \(invalid start byte at byte 0\); "
+        r"ONNX string tensors hold UTF-8 text$",
+    ):
+        from_bytes(encode_bytes(np.array([b"ok", b"\xff"], dtype=object)), BY_WIRE["BYTES"],
+                   (2,), "text")  # fmt: skip
+    schema = RequestSchema("m", (TensorSpec("text", BY_WIRE["BYTES"], (-1,)),), True, 4, False)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
+    tensor.contents.bytes_contents.append(b"\xff")
+    with pytest.raises(InvalidInputError, match=r"^input 'text' BYTES element 0 is not UTF-8"):
+        schema.decode_kserve(pb.ModelInferRequest(inputs=[tensor]))
+
+
+def test_a_typed_contents_error_names_the_input() -> None:
+    schema = RequestSchema("m", (TensorSpec("text", BY_WIRE["INT32"], (-1,)),), True, 4, False)
+    tensor = pb.ModelInferRequest.InferInputTensor(name="text", datatype="INT32", shape=[2])
+    tensor.contents.int_contents.append(1)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^input 'text' has 1 values in contents.int_contents; shape \[2\] needs 2$",
+    ):
+        schema.decode_kserve(pb.ModelInferRequest(inputs=[tensor]))
+
+
+def test_raw_contents_for_some_inputs_only_are_refused_with_the_rule() -> None:
+    specs = (TensorSpec("a", BY_WIRE["FP32"], (-1,)), TensorSpec("b", BY_WIRE["FP32"], (-1,)))
+    schema = RequestSchema("m", specs, True, 4, False)
+    request = pb.ModelInferRequest(raw_input_contents=[b"\0" * 4])
+    request.inputs.add(name="a", datatype="FP32", shape=[1])
+    request.inputs.add(name="b", datatype="FP32", shape=[1])
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^request has 1 raw_input_contents entries for 2 inputs; send raw contents for "
+        r"every input or for none$",
+    ):
+        schema.decode_kserve(request)
+
+
+def test_outputs_go_on_the_wire_as_bytes_elements_or_raw_values() -> None:
+    text = np.array([["a", b"bc"], ["", "\u00e9"]], dtype=object)  # str and bytes elements
+    expected = b"".join(
+        len(v).to_bytes(4, "little") + v for v in (b"a", b"bc", b"", "\u00e9".encode())
+    )
+    assert encode_bytes(text) == expected
+    assert to_bytes(text) == expected
+    numbers = np.arange(6, dtype=np.int16).reshape(2, 3)
+    assert to_bytes(numbers) == numbers.tobytes()
+
+
+def test_a_client_reading_a_truncated_output_is_told_which() -> None:
+    message = predict_pb2.Tensor(shape=[2], dtype=predict_pb2.FLOAT32, data=b"\0" * 4)
+    with pytest.raises(
+        InvalidInputError, match=r"^input 'output' has 4 bytes of data; shape \[2\] of FP32"
+    ):
+        array_from_predict(message)
+
+
+def test_top_k_indices_per_row_best_first() -> None:
+    scores = np.array([[0.1, 0.7, 0.2], [0.5, 0.2, 0.3]], dtype=np.float32)
+    assert top_k_indices(scores, 1).tolist() == [[1], [0]]
+    assert top_k_indices(scores, 2).tolist() == [[1, 2], [0, 2]]
+
+
+def test_classification_strings_break_ties_by_the_lower_index_among_many_classes() -> None:
+    """200 classes of two values: an unstable sort reorders the ties."""
+    scores = np.random.default_rng(0).integers(0, 2, size=(1, 200)).astype(np.float32)
+    result = classification_strings(scores, 200, (), batched=True)
+    indices = [int(text.split(b":")[1]) for text in result[0]]
+    ones = [i for i in range(200) if scores[0, i] == 1]
+    zeros = [i for i in range(200) if scores[0, i] == 0]
+    assert indices == ones + zeros
+
+
+def test_classification_of_a_non_numeric_output_is_refused() -> None:
+    with pytest.raises(
+        InvalidInputError, match=r"^classification needs a numeric output; this one is object$"
+    ):
+        classification_strings(np.array([["a"]], dtype=object), 1, (), batched=True)
+
+
+def test_requested_outputs_are_positions_and_unknown_names_are_refused() -> None:
+    names = {"logits": 0, "probabilities": 1}
+    assert requested_outputs(names, ["probabilities", "logits"], "model 'm' v1") == [1, 0]
+    assert requested_outputs(names, [], "model 'm' v1") == []
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^requested output 'nope' does not exist; model 'm' v1 has "
+        r"\['logits', 'probabilities'\]$",
+    ):
+        requested_outputs(names, ["logits", "nope"], "model 'm' v1")
+
+
+def test_describe_shape_names_the_batch_dimension_unless_told_otherwise() -> None:
+    spec = TensorSpec("x", BY_WIRE["FP32"], (-1, 3, -1))
+    assert spec.describe_shape() == "[batch, 3, ?]"
+    assert spec.describe_shape(batched=False) == "[?, 3, ?]"
+
+
+def two_inputs() -> RequestSchema:
+    specs = (TensorSpec("a", BY_WIRE["FP32"], (-1, 2)), TensorSpec("b", BY_WIRE["INT64"], (-1,)))
+    return RequestSchema("model 'two' v1", specs, True, 8, False)
+
+
+def test_predict_multi_input_messages_name_the_rule_broken() -> None:
+    schema = two_inputs()
+    a = predict_pb2.Tensor(shape=[1, 2], dtype=predict_pb2.FLOAT32, data=b"\0" * 8)
+    b = predict_pb2.Tensor(shape=[2], dtype=predict_pb2.INT64, data=b"\0" * 16)
+    both = predict_pb2.PredictRequest(input=a, inputs={"a": a})
+    with pytest.raises(
+        InvalidInputError, match=r"^request sets both 'input' and 'inputs'; use one$"
+    ):
+        schema.decode_predict(both)
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^model 'two' v1 has inputs 'a', 'b'; send them by name in 'inputs'$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(input=a))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^request lacks input\(s\) \['b'\]; model 'two' v1 expects 'a', 'b'$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a}))
+    with pytest.raises(
+        InvalidInputError,
+        match=r"^inputs have different batch sizes \{'a': 1, 'b': 2\}; every input of a request "
+        r"must have the same number of rows$",
+    ):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": b}))
+    short = predict_pb2.Tensor(shape=[1], dtype=predict_pb2.INT64, data=b"\0" * 4)
+    with pytest.raises(InvalidInputError, match=r"^input 'b' has 4 bytes of data; shape \[1\]"):
+        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": short}))
+
+
+def test_a_model_without_inputs_takes_an_empty_request_as_one_row() -> None:
+    """An ONNX graph may have no inputs (constants only); over KServe it is one empty request."""
+    schema = RequestSchema("model 'const' v1", (), False, 0, False)
+    decoded = schema.decode_kserve(pb.ModelInferRequest())
+    assert (decoded.arrays, decoded.rows, decoded.key) == ([], 1, None)
