@@ -864,3 +864,28 @@ def test_close_gives_up_on_a_running_execution_after_its_timeout_with_nothing_qu
         np.testing.assert_array_equal((await running)[0], rows(0) * 2)
 
     run(body)
+
+
+def test_a_queue_of_only_dropped_requests_forms_no_batch_and_the_batcher_keeps_serving() -> None:
+    """With a queue delay, a pass that takes nothing (everything queued had expired) must not
+    start collecting around a batch that does not exist."""
+
+    async def body() -> None:
+        batcher, model, metrics = make(
+            BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1000)
+        )
+        model.release.clear()
+        running = submit(batcher, rows(0))
+        await wait_running(model)
+        expired = submit(batcher, rows(1), deadline=time.perf_counter() + 0.01)
+        await asyncio.sleep(0.05)
+        model.release.set()
+        await running
+        with pytest.raises(DeadlineExpiredError):
+            await expired
+        np.testing.assert_array_equal((await submit(batcher, rows(2)))[0], rows(2) * 2)
+        assert model.batches == [1, 1]
+        assert metrics.dropped_reasons == ["deadline"]
+        await batcher.close()
+
+    run(body)
