@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,10 +20,14 @@ def in_ci() -> bool:
 
 
 def require_tool(name: str, install_hint: str) -> str:
-    """The path of ``name`` on PATH; otherwise skip the test, or fail it under CI=true."""
+    """The path of ``name`` on PATH or beside this Python (a venv's scripts); otherwise skip
+    the test, or fail it under CI=true."""
     path = shutil.which(name)
     if path is not None:
         return path
+    beside = Path(sys.executable).with_name(name)
+    if beside.is_file():
+        return str(beside)
     message = f"'{name}' not on PATH ({install_hint})"
     if in_ci():
         pytest.fail(f"{message}; CI=true, so a missing tool fails instead of skipping", False)

