@@ -15,8 +15,10 @@ Models (random weights, exported through ``training.export`` like a trained mode
     python bench/serve_bench.py --quick    # ~1 minute, shorter runs
 
 ``--scaling`` runs a different comparison instead (issue 13): ``--workers 1`` against
-``--workers 2`` (``--workers-list`` for more) side by side, nothing pinned (the workers need the
-cores), the load generator with ``--connections 8`` at concurrency 64 on ``mlp``; req/s, p99 and
+``--workers 2`` (``--workers-list`` for more) side by side, nothing pinned unless
+``--server-cpus``/``--client-cpus`` give the server and the load generators (``--clients``
+processes) CPU sets of their own, each load generator with ``--connections 8`` at concurrency 64
+on ``mlp``; req/s, p99 and
 server CPU per request (CPU seconds of every worker process, from /proc through the server's
 /metrics, over the measured seconds, divided by the requests the server counted).
 
@@ -40,6 +42,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
+SAMPLE_SHAPE = (1, 28, 28)  # of both models below
 
 
 # -- models -------------------------------------------------------------------------------------
@@ -57,7 +60,7 @@ def build_repository(repository: Path, wide_hidden: int, seed: int = 0) -> None:
     info = DatasetInfo(
         name="synthetic",
         task="classification",
-        input_shape=(1, 28, 28),
+        input_shape=SAMPLE_SHAPE,
         labels=tuple(f"class-{i}" for i in range(10)),
         input_range=(0.0, 1.0),
     )
@@ -270,8 +273,9 @@ async def direct_server(port: int, repository: Path) -> None:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def pinned(core: int | None, command: list[str]) -> list[str]:
-    return command if core is None else ["taskset", "-c", str(core), *command]
+def pinned(cpus: int | str | None, command: list[str]) -> list[str]:
+    """``command`` under ``taskset -c cpus`` (a core or a list such as "0-7"), or as is."""
+    return command if cpus is None else ["taskset", "-c", str(cpus), *command]
 
 
 @dataclass
@@ -285,7 +289,7 @@ class Server:
 
     repository: Path
     flags: list[str]
-    core: int | None
+    core: int | str | None
     log_dir: Path
     port: int = 0
     metrics_port: int = 0
@@ -585,29 +589,20 @@ def run_scaling(args: argparse.Namespace, repository: Path, work: Path) -> dict:
     runs: dict[int, list[dict]] = {n: [] for n in counts}
     for round_index in range(args.repeat):
         for n in counts:
-            with Server(repository, ["--workers", str(n)], None, work) as server:
-                paths = [work / f"scaling-{n}-{round_index}-{c}.json" for c in range(args.clients)]
-                clients = []
-                for path in paths:
-                    command = [
-                        PYTHON, "-m", "serving.loadtest", "--target", server.target,
-                        "--model", "mlp", "--concurrency", str(SCALING_CONCURRENCY),
-                        "--connections", str(args.connections),
-                        "--duration", str(args.duration), "--warmup", str(args.warmup),
-                        "--json", str(path), "--quiet", "--max-error-ratio", "0",
-                        "--event-loop", args.client_loop,
-                        "--metrics-url", f"http://127.0.0.1:{server.metrics_port}/metrics",
-                    ]  # fmt: skip
-                    clients.append(
-                        subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+            with Server(repository, ["--workers", str(n)], args.server_cpus, work) as server:
+                if args.load_generator == "h2load":
+                    report = h2load_round(server, args, work)
+                    print(
+                        f"  --workers {n} round {round_index + 1}: h2load "
+                        f"{report['requests_per_second']:,.1f} req/s, "
+                        f"p50 {report['latency']['p50_ms']:.3f} ms, "
+                        f"p99 {report['latency']['p99_ms']:.3f} ms, "
+                        f"errors {report['requests'] - report['ok']}",
+                        flush=True,
                     )
-                for client in clients:
-                    out, _ = client.communicate()
-                    print(f"  --workers {n} round {round_index + 1}: {out.strip()}", flush=True)
-                missing = [path for path in paths if not path.exists()]
-                if missing:
-                    raise RuntimeError(f"--workers {n}: a load tester failed ({missing[0]})")
-                runs[n].append(combined([json.loads(path.read_text()) for path in paths]))
+                    runs[n].append(report)
+                else:
+                    runs[n].append(loadtest_round(server, n, round_index, args, work))
     chosen = {}
     for n, reports in runs.items():
         reports.sort(key=lambda r: r["requests_per_second"] or 0.0)
@@ -615,6 +610,58 @@ def run_scaling(args: argparse.Namespace, repository: Path, work: Path) -> dict:
         median["repeats_requests_per_second"] = [r["requests_per_second"] for r in reports]
         chosen[n] = median
     return chosen
+
+
+def loadtest_round(
+    server: Server, n: int, round_index: int, args: argparse.Namespace, work: Path
+) -> dict:
+    """One round of ``--clients`` load tester processes against ``server``; their reports summed."""
+    paths = [work / f"scaling-{n}-{round_index}-{c}.json" for c in range(args.clients)]
+    clients = []
+    for path in paths:
+        command = [
+            PYTHON, "-m", "serving.loadtest", "--target", server.target,
+            "--model", "mlp", "--concurrency", str(SCALING_CONCURRENCY),
+            "--connections", str(args.connections),
+            "--duration", str(args.duration), "--warmup", str(args.warmup),
+            "--json", str(path), "--quiet", "--max-error-ratio", "0",
+            "--event-loop", args.client_loop,
+            "--metrics-url", f"http://127.0.0.1:{server.metrics_port}/metrics",
+        ]  # fmt: skip
+        clients.append(
+            subprocess.Popen(
+                pinned(args.client_cpus, command),
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                text=True,
+            )
+        )
+    for client in clients:
+        out, _ = client.communicate()
+        print(f"  --workers {n} round {round_index + 1}: {out.strip()}", flush=True)
+    missing = [path for path in paths if not path.exists()]
+    if missing:
+        raise RuntimeError(f"--workers {n}: a load tester failed ({missing[0]})")
+    return combined([json.loads(path.read_text()) for path in paths])
+
+
+def h2load_round(server: Server, args: argparse.Namespace, work: Path) -> dict:
+    """One round of h2load (``--clients`` threads, the same calls open) against ``server``."""
+    import h2load_load
+
+    return h2load_load.run(
+        target=server.target,
+        metrics_url=f"http://127.0.0.1:{server.metrics_port}/metrics",
+        model="mlp",
+        sample_shape=SAMPLE_SHAPE,
+        connections=args.clients * args.connections,
+        streams=max(1, SCALING_CONCURRENCY // args.connections),
+        threads=args.clients,
+        duration=args.duration,
+        warmup=args.warmup,
+        work=work,
+        cpus=args.client_cpus,
+    )
 
 
 def combined(reports: list[dict]) -> dict:
@@ -643,11 +690,18 @@ def cpu_us_per_request(report: dict) -> float | None:
 
 
 def print_scaling(
-    reports: dict[int, dict], clients: int, connections: int
+    reports: dict[int, dict], args: argparse.Namespace
 ) -> list[tuple[str, bool | None, str]]:
+    pinning = (
+        f"server on CPUs {args.server_cpus or 'any'}, "
+        f"load generators on {args.client_cpus or 'any'}"
+        if args.server_cpus or args.client_cpus
+        else "nothing pinned"
+    )
     print(
-        f"\n### Worker processes (mlp, predict, {clients} load generator(s) x concurrency "
-        f"{SCALING_CONCURRENCY} x {connections} connections, nothing pinned, "
+        f"\n### Worker processes (mlp, predict, {args.load_generator}, {args.clients} "
+        f"load generator(s) or threads x concurrency "
+        f"{SCALING_CONCURRENCY} x {args.connections} connections, {pinning}, "
         f"{os.cpu_count()} cores)\n"
     )
     print(
@@ -731,6 +785,22 @@ def main() -> int:
     parser.add_argument(
         "--connections", type=int, default=8, help="--scaling: connections per load generator (8)"
     )
+    parser.add_argument(
+        "--server-cpus",
+        help="--scaling: taskset CPU list for the server and its workers, e.g. 0-7 "
+        "(default: unpinned)",
+    )
+    parser.add_argument(
+        "--client-cpus",
+        help="--scaling: taskset CPU list for the load generators, e.g. 8-15 (default: unpinned)",
+    )
+    parser.add_argument(
+        "--load-generator",
+        choices=("loadtest", "h2load"),
+        default="loadtest",
+        help="--scaling: python -m serving.loadtest, or h2load (Debian's nghttp2-client; C, "
+        "about an eighth of the CPU per call) with --clients threads (default loadtest)",
+    )
     parser.add_argument("--json", type=Path, help="write every figure as JSON")
     parser.add_argument("--keep", type=Path, help="keep the repository and reports here")
     parser.add_argument("--ort-worker", type=Path, help=argparse.SUPPRESS)
@@ -756,6 +826,8 @@ def main() -> int:
     if shutil.which("taskset") is None or (os.cpu_count() or 1) < 2:
         print("taskset or a second core is missing: running unpinned (figures not comparable)")
         args.server_core = args.client_core = None
+    if args.load_generator == "h2load" and shutil.which("h2load") is None:
+        parser.error("--load-generator h2load needs h2load: apt-get install nghttp2-client")
     cases = CASES
     if args.only:
         cases = select_cases(args.only)
@@ -781,13 +853,16 @@ def main() -> int:
 
     if args.scaling:
         scaling = run_scaling(args, repository, work)
-        targets = print_scaling(scaling, args.clients, args.connections)
+        targets = print_scaling(scaling, args)
         if args.json is not None:
             document = {
                 "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
                 "cores": os.cpu_count(),
                 "clients": args.clients,
                 "connections": args.connections,
+                "load_generator": args.load_generator,
+                "server_cpus": args.server_cpus,
+                "client_cpus": args.client_cpus,
                 "duration_seconds": args.duration,
                 "repeat": args.repeat,
                 "warmup_seconds": args.warmup,
