@@ -15,9 +15,13 @@ def test_sigterm_with_requests_in_flight_loses_none_and_exits_zero(model_reposit
     server = start_server(model_repository, "--max-queue-size", "64")
     with Client(server.target, timeout=30) as client:
         request = predict_request("slow", np.ones((1, 4), np.float32))
-        calls = [client.stub.Predict.future(request, timeout=30) for _ in range(12)]
-        time.sleep(0.1)  # the first batch is running, the rest are queued
-        assert sum(call.done() for call in calls) < len(calls)
+        # At least 6 runs of 'slow' (batches of 4, ~50 ms each): the drain has work to finish.
+        calls = [client.stub.Predict.future(request, timeout=30) for _ in range(24)]
+        deadline = time.monotonic() + 30
+        while not any(call.done() for call in calls):  # the server is executing
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert sum(call.done() for call in calls) < len(calls)  # and more are queued
         server.process.send_signal(15)
         results = [call.result() for call in calls]  # raises if any was lost
         assert all(r.predictions.shape == [1, 1] for r in results)

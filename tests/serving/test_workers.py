@@ -233,9 +233,13 @@ def test_sigterm_with_requests_in_flight_drains_every_worker_and_exits_zero(
     with Client(server.target, connections=16, timeout=30) as client:
         groups = channels_by_worker(server, client)
         stubs = [client.stubs[groups[0][0]], client.stubs[groups[1][0]]]
-        calls = [stubs[i % 2].Predict.future(SLOW, timeout=30) for i in range(16)]
-        time.sleep(0.2)  # each worker runs its first batch; the rest are queued
-        assert sum(call.done() for call in calls) < len(calls)
+        # 24 calls a worker: at least 6 runs of 'slow' (batches of 4, ~50 ms each) per worker.
+        calls = [stubs[i % 2].Predict.future(SLOW, timeout=30) for i in range(48)]
+        deadline = time.monotonic() + 30
+        while not any(call.done() for call in calls):  # the workers are executing
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+        assert sum(call.done() for call in calls) < len(calls)  # and more are queued
         server.process.send_signal(signal.SIGTERM)
         assert all(call.result().model == "slow" for call in calls)  # none lost
         assert server.process.wait(30) == 0
