@@ -31,12 +31,12 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from serve_bench import build_repository, free_port, pinned
+from serve_bench import build_repository
+from server_process import ROOT, ServerProcess, pinned
 
-ROOT = Path(__file__).resolve().parents[1]
 PYTHON = sys.executable
 MODEL_INFER = "/inference.GRPCInferenceService/ModelInfer"
 LOADS = (1, 2, 5, 10)
@@ -135,58 +135,37 @@ def cpu_seconds(pid: int) -> float:
 
 @dataclass
 class Server:
+    """``python -m serving`` pinned to core 0, with one of the three kinds of limit."""
+
     repository: Path
     limit: int
     kind: str  # admission | unlimited | grpc-limit
     log_dir: Path
-    port: int = field(default_factory=free_port)
-    process: subprocess.Popen | None = None
+    server: ServerProcess | None = None
 
     def __enter__(self) -> Server:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
         ours = self.limit if self.kind == "admission" else 1_000_000
-        args = ["--model-repository", str(self.repository), "--grpc-port", str(self.port),
-                "--metrics-port", "0", "--poll-interval", "0", "--log-level", "warning",
+        # info level: the listening lines carry the ports the kernel picked
+        args = ["--model-repository", str(self.repository), "--grpc-port", "0",
+                "--metrics-port", "0", "--poll-interval", "0", "--log-level", "info",
                 "--max-concurrent-rpcs", str(ours)]  # fmt: skip
         if self.kind == "grpc-limit":
             command = [PYTHON, "-c", GRPC_LIMIT_PATCH.format(limit=self.limit), *args]
         else:
             command = [PYTHON, "-m", "serving", *args]
-        log = (self.log_dir / f"server-{self.kind}.log").open("wb")
-        self.process = subprocess.Popen(
-            pinned(0, command), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-        )
-        deadline = time.monotonic() + 120
-        with grpc.insecure_channel(f"127.0.0.1:{self.port}") as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: see {log.name}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return self
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"server not serving within 120 s: see {log.name}")
+        self.server = ServerProcess(command, self.log_dir / f"server-{self.kind}.log", cpus=0)
+        self.server.__enter__()
+        return self
 
     def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        if self.server is not None:
+            self.server.__exit__()
 
     def load(self, callers: int, warmup: float, seconds: float, backoff_ms: float) -> dict:
         """One closed-loop run from a client pinned to core 1; adds the server's CPU."""
-        assert self.process is not None
+        assert self.server is not None
         command = [PYTHON, str(Path(__file__).resolve()), "--client",
-                   "--target", f"127.0.0.1:{self.port}", "--callers", str(callers),
+                   "--target", self.server.target, "--callers", str(callers),
                    "--warmup", str(warmup), "--seconds", str(seconds),
                    "--backoff-ms", str(backoff_ms)]  # fmt: skip
         client = subprocess.Popen(pinned(1, command), cwd=ROOT, stdout=subprocess.PIPE, text=True)
@@ -195,9 +174,9 @@ class Server:
         result = None
         for line in client.stdout:
             if line.startswith("MEASURE"):
-                cpu_from = cpu_seconds(self.process.pid)
+                cpu_from = cpu_seconds(self.server.pid)
             elif line.startswith("{"):
-                cpu_to = cpu_seconds(self.process.pid)
+                cpu_to = cpu_seconds(self.server.pid)
                 result = json.loads(line)
         if client.wait() != 0 or result is None or cpu_from is None:
             raise RuntimeError(f"load generator failed (exit {client.returncode})")

@@ -39,7 +39,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from server_process import ROOT, ServerProcess, pinned
+
 sys.path.insert(0, str(ROOT))
 PYTHON = sys.executable
 SAMPLE_SHAPE = (1, 28, 28)  # of both models below
@@ -202,7 +203,8 @@ def model_info(name: str) -> bytes:
 async def direct_server(port: int, repository: Path) -> None:
     """grpc.aio on uvloop whose Predict calls ``session.run`` itself: no batcher at all.
 
-    Each request is parsed, validated (serving.tensors.decode_predict) and run alone in one
+    Each request is parsed, validated (``RequestSchema.decode_predict``, as the server does) and
+    run alone in one
     worker thread with the server's session settings (1 intra-op thread), and its
     probabilities are returned; no queue, no merging, no metrics. This is the "no batching"
     side of a batching-vs-none claim; ``--no-batching`` is still the batcher (its queue,
@@ -212,12 +214,12 @@ async def direct_server(port: int, repository: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
     import grpc
-    import numpy as np
     import onnxruntime as ort
 
+    from model_repository.datatypes import BY_WIRE
     from protos import predict_pb2
     from serving.errors import InvalidInputError
-    from serving.tensors import TensorSpec, decode_predict, fill_predict_tensor
+    from serving.tensors import RequestSchema, TensorSpec, fill_predict_tensor
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -230,7 +232,17 @@ async def direct_server(port: int, repository: Path) -> None:
         )
         for path in sorted(repository.glob("*/1/model.onnx"))
     }
-    spec = TensorSpec("input", np.dtype("<f4"), (-1, 1, 28, 28))
+    fp32 = BY_WIRE["FP32"]
+    schemas = {
+        name: RequestSchema(
+            model=f"model '{name}' v1",
+            inputs=(TensorSpec("input", fp32, (-1, *SAMPLE_SHAPE)),),
+            batched=True,
+            max_rows=256,
+            finite=True,
+        )
+        for name in sessions
+    }
     infos = {name: model_info(name) for name in sessions}
     executor = ThreadPoolExecutor(1, thread_name_prefix="direct")
     loop = asyncio.get_running_loop()
@@ -247,12 +259,12 @@ async def direct_server(port: int, repository: Path) -> None:
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {message.model!r} not found")
         try:
-            array = decode_predict(message.input, spec, f"model '{message.model}' v1", 256)
+            array = schemas[message.model].decode_predict(message).arrays[0]
         except InvalidInputError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         outputs = await loop.run_in_executor(executor, session.run, None, {"input": array})
         response = predict_pb2.PredictResponse(model=message.model, version=1)
-        fill_predict_tensor(response.probabilities, outputs[-1])
+        fill_predict_tensor(response.probabilities, outputs[-1], fp32)
         return response.SerializeToString()
 
     server = grpc.aio.server()
@@ -273,91 +285,22 @@ async def direct_server(port: int, repository: Path) -> None:
 # -- processes ----------------------------------------------------------------------------------
 
 
-def pinned(cpus: int | str | None, command: list[str]) -> list[str]:
-    """``command`` under ``taskset -c cpus`` (a core or a list such as "0-7"), or as is."""
-    return command if cpus is None else ["taskset", "-c", str(cpus), *command]
-
-
-@dataclass
-class Server:
-    """``python -m serving`` (or a baseline server) pinned to one core.
-
-    Started on port 0 (gRPC and metrics); the ports the kernel chose are read back from the
-    server's log (``event=listening`` / ``event=metrics_listening``), so nothing can take
-    a port between choosing and binding it.
-    """
-
-    repository: Path
-    flags: list[str]
-    core: int | str | None
-    log_dir: Path
-    port: int = 0
-    metrics_port: int = 0
-    process: subprocess.Popen | None = None
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def __enter__(self) -> Server:
-        import grpc
-        from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-        from serving.logs import bound_ports
-
-        this = str(Path(__file__).resolve())
-        if self.flags == [NULL_SERVER]:
-            serve = [PYTHON, this, NULL_SERVER, "0"]
-        elif self.flags == [DIRECT_SERVER]:
-            serve = [PYTHON, this, DIRECT_SERVER, str(self.repository)]
-        else:  # info level: the listening lines carry the ports (lifecycle events only)
-            serve = [PYTHON, "-m", "serving", "--model-repository", str(self.repository),
-                     "--grpc-port", "0", "--metrics-port", "0",
-                     "--poll-interval", "0", "--log-level", "info", *self.flags]  # fmt: skip
-        command = pinned(self.core, serve)
-        name = "-".join(f.strip("-") for f in self.flags) or "batching"
-        log_path = self.log_dir / f"server-{name}.log"
-        log = log_path.open("wb")
-        self.process = subprocess.Popen(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 120
-        metrics = not self.flags or self.flags[0] not in (
-            NULL_SERVER,
-            DIRECT_SERVER,
-            "--no-metrics",
-        )
-        while time.monotonic() < deadline:
-            grpc_port, metrics_port = bound_ports(log_path.read_text(errors="replace"))
-            if grpc_port is not None and (metrics_port is not None or not metrics):
-                self.port, self.metrics_port = grpc_port, metrics_port or 0
-                break
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited: see {log.name}")
-            time.sleep(0.05)
-        with grpc.insecure_channel(self.target) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited: see {log.name}")
-                try:
-                    request = health_pb2.HealthCheckRequest()
-                    if (
-                        stub.Check(request, timeout=1.0).status
-                        == health_pb2.HealthCheckResponse.SERVING
-                    ):
-                        return self
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.2)
-        raise RuntimeError(f"server not serving within 120 s: see {log.name}")
-
-    def __exit__(self, *exc: object) -> None:
-        assert self.process is not None
-        self.process.terminate()
-        try:
-            self.process.wait(30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def bench_server(
+    repository: Path, flags: list[str], cpus: int | str | None, log_dir: Path
+) -> ServerProcess:
+    """``python -m serving`` with ``flags`` (or a baseline server), on ports the kernel picks."""
+    this = str(Path(__file__).resolve())
+    if flags == [NULL_SERVER]:
+        command = [PYTHON, this, NULL_SERVER, "0"]
+    elif flags == [DIRECT_SERVER]:
+        command = [PYTHON, this, DIRECT_SERVER, str(repository)]
+    else:  # info level: the listening lines carry the ports (lifecycle events only)
+        command = [PYTHON, "-m", "serving", "--model-repository", str(repository),
+                   "--grpc-port", "0", "--metrics-port", "0",
+                   "--poll-interval", "0", "--log-level", "info", *flags]  # fmt: skip
+    name = "-".join(f.strip("-") for f in flags) or "batching"
+    metrics = not flags or flags[0] not in (NULL_SERVER, DIRECT_SERVER, "--no-metrics")
+    return ServerProcess(command, log_dir / f"server-{name}.log", metrics=metrics, cpus=cpus)
 
 
 @dataclass(frozen=True)
@@ -427,7 +370,7 @@ def select_cases(only: str) -> list[Case]:
     return [case for case in CASES if case.name in wanted]
 
 
-def run_case(case: Case, server: Server, args: argparse.Namespace, out_dir: Path) -> dict:
+def run_case(case: Case, server: ServerProcess, args: argparse.Namespace, out_dir: Path) -> dict:
     report_path = out_dir / f"{case.name.replace(' ', '_')}.json"
     metrics = (
         ["--no-server-metrics"]
@@ -589,7 +532,7 @@ def run_scaling(args: argparse.Namespace, repository: Path, work: Path) -> dict:
     runs: dict[int, list[dict]] = {n: [] for n in counts}
     for round_index in range(args.repeat):
         for n in counts:
-            with Server(repository, ["--workers", str(n)], args.server_cpus, work) as server:
+            with bench_server(repository, ["--workers", str(n)], args.server_cpus, work) as server:
                 if args.load_generator == "h2load":
                     report = h2load_round(server, args, work)
                     print(
@@ -613,7 +556,7 @@ def run_scaling(args: argparse.Namespace, repository: Path, work: Path) -> dict:
 
 
 def loadtest_round(
-    server: Server, n: int, round_index: int, args: argparse.Namespace, work: Path
+    server: ServerProcess, n: int, round_index: int, args: argparse.Namespace, work: Path
 ) -> dict:
     """One round of ``--clients`` load tester processes against ``server``; their reports summed."""
     paths = [work / f"scaling-{n}-{round_index}-{c}.json" for c in range(args.clients)]
@@ -645,7 +588,7 @@ def loadtest_round(
     return combined([json.loads(path.read_text()) for path in paths])
 
 
-def h2load_round(server: Server, args: argparse.Namespace, work: Path) -> dict:
+def h2load_round(server: ServerProcess, args: argparse.Namespace, work: Path) -> dict:
     """One round of h2load (``--clients`` threads, the same calls open) against ``server``."""
     import h2load_load
 
@@ -882,7 +825,7 @@ def main() -> int:
         if not selected:
             continue
         print(f"server: {server_name} {' '.join(flags)}", flush=True)
-        with Server(repository, flags, args.server_core, work) as server:
+        with bench_server(repository, flags, args.server_core, work) as server:
             for case in selected:
                 reports[case.name] = run_case(case, server, args, work)
     targets = print_results(ort_mlp, reports, ort_wide)

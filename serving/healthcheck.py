@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,6 +116,29 @@ def probe(settings: ProbeSettings) -> ProbeResult:
     elapsed = time.perf_counter() - start
     status = health_pb2.HealthCheckResponse.ServingStatus.Name(response.status)
     return ProbeResult(status, "", elapsed)
+
+
+def wait_until_serving(
+    channel: grpc.Channel, timeout: float, check_alive: Callable[[], None], interval: float = 0.1
+) -> bool:
+    """Ask the whole server's health on ``channel`` until SERVING (True) or ``timeout`` (False).
+
+    For launchers that start a server and wait for it (tests, benchmarks): ``check_alive`` is
+    called before every try and raises when the server process has exited, so a server that
+    dies at start fails at once instead of after the whole timeout.
+    """
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        check_alive()
+        try:
+            status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
+            if status == health_pb2.HealthCheckResponse.SERVING:
+                return True
+        except grpc.RpcError:
+            pass
+        time.sleep(interval)
+    return False
 
 
 def format_result(settings: ProbeSettings, result: ProbeResult) -> str:

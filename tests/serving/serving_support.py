@@ -32,7 +32,6 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from onnx import TensorProto, helper, numpy_helper
 from prometheus_client.parser import text_string_to_metric_families
 from torch import nn
@@ -42,6 +41,7 @@ from model_repository import metadata as meta
 from model_repository.config import format_config
 from protos import model_config_pb2 as mc
 from serving.client import Client, predict_request
+from serving.healthcheck import wait_until_serving
 from serving.logs import bound_ports
 from serving.metrics import DROP_REASONS
 from training.export import ExportSettings, export_trained_model
@@ -297,21 +297,15 @@ class ServerProcess:
         )
 
     def wait_serving(self, timeout: float, tls_ca: Path | None = None) -> None:
-        deadline = time.monotonic() + timeout
         with self.channel(tls_ca) as channel:
-            stub = health_pb2_grpc.HealthStub(channel)
-            while time.monotonic() < deadline:
-                assert self.process is not None
-                if self.process.poll() is not None:
-                    raise RuntimeError(f"server exited early:\n{self.log()}")
-                try:
-                    status = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0).status
-                    if status == health_pb2.HealthCheckResponse.SERVING:
-                        return
-                except grpc.RpcError:
-                    pass
-                time.sleep(0.1)
+            if wait_until_serving(channel, timeout, self._check_alive):
+                return
         raise RuntimeError(f"server not SERVING after {timeout} s:\n{self.log()}")
+
+    def _check_alive(self) -> None:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            raise RuntimeError(f"server exited early:\n{self.log()}")
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path else ""
