@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import signal
 import sys
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from serving.config import (
     DEFAULT_GRPC_PORT,
     DEFAULT_MAX_MESSAGE_BYTES,
     DEFAULT_METRICS_PORT,
+    DEFAULT_WORKER_TIMEOUT_SECONDS,
     DEVICES,
     EVENT_LOOPS,
     LOG_FORMATS,
@@ -55,6 +57,16 @@ def _workers(text: str) -> int:
     if count < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer or 'auto', got {count}")
     return count
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds, got {text!r}") from None
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of seconds, got {text}")
+    return seconds
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,6 +147,14 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="server processes sharing the gRPC port (SO_REUSEPORT), each with its own sessions; "
         "auto = usable cores (default: %(default)s)",
+    )
+    p.add_argument(
+        "--worker-timeout",
+        type=_positive_seconds,
+        default=DEFAULT_WORKER_TIMEOUT_SECONDS,
+        metavar="SECONDS",
+        help="--workers N: a worker that stops answering the supervisor (hung, stopped) for "
+        "this long is killed and restarted (default: %(default)s)",
     )
     # Set by the supervisor of --workers N on each worker's command line.
     p.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
@@ -244,7 +264,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         from serving.workers import supervise
 
         try:
-            return supervise(settings, args.workers, argv)
+            return supervise(settings, args.workers, argv, args.worker_timeout)
         except SettingsError as error:
             LOGGER.error("event=startup_failed error=%r", str(error))
             return 2

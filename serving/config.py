@@ -16,6 +16,8 @@ DEFAULT_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 # Used when config.pbtxt leaves max_queue_size at 0 (Triton's "unbounded"): we never
 # let a queue grow without a bound.
 DEFAULT_MAX_QUEUE_SIZE = 1024
+# --workers N: a worker silent this long (hung, stopped) is killed and restarted.
+DEFAULT_WORKER_TIMEOUT_SECONDS = 30.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 DEVICES = ("auto", "cpu", "cuda")

@@ -13,6 +13,11 @@ hands each new connection to one of them. The supervisor
 * restarts a worker that dies, with back-off, logged and counted in
   ``d2lserve_worker_restarts_total``; a worker that fails before the server was ever ready
   (bad model, bad flag) stops the whole server with its exit code instead;
+* kills (SIGKILL) and so restarts a worker that stops answering: it asks each worker over
+  its control socket every second, and one that has answered before but then stays silent
+  for ``--worker-timeout`` seconds (hung, deadlocked, stopped) is taken for dead, as
+  gunicorn's ``--timeout`` does; its socket would otherwise keep taking connections that
+  nobody serves;
 * forwards SIGTERM/SIGINT to every worker, which drains exactly as a single process does,
   and exits 0 once all have drained;
 * serves the one ``/metrics`` of the server (serving/shared_metrics.py).
@@ -36,7 +41,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from serving.config import ServerSettings
+from serving.config import DEFAULT_WORKER_TIMEOUT_SECONDS, ServerSettings
 from serving.control import PeerUnreachable, ask_blocking, socket_path
 from serving.errors import SettingsError
 from serving.shared_metrics import MULTIPROC_ENV, process_rss_bytes
@@ -44,6 +49,8 @@ from serving.shared_metrics import MULTIPROC_ENV, process_rss_bytes
 LOGGER = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.1
+HEARTBEAT_SECONDS = 1.0  # how often the supervisor asks each worker whether it is alive
+HEARTBEAT_ANSWER_SECONDS = 0.5  # how long one ask waits for the answer
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 STABLE_SECONDS = 30.0  # a worker that lived this long restarts without back-off
@@ -102,6 +109,7 @@ class _Worker:
     failures: int = 0  # consecutive quick deaths, for the back-off
     restart_at: float | None = None
     exit_code: int | None = None
+    answered: float | None = None  # when it last answered a heartbeat; None: not yet
 
     @property
     def pid(self) -> int:
@@ -121,8 +129,10 @@ class Supervisor:
     argv: list[str]
     run_dir: Path
     port: int
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT_SECONDS
     workers: list[_Worker] = field(default_factory=list)
     _stop_signal: int | None = None
+    _next_heartbeat: float = 0.0
 
     def __post_init__(self) -> None:
         self.workers = [_Worker(i) for i in range(self.count)]
@@ -152,6 +162,7 @@ class Supervisor:
         worker.started = time.monotonic()
         worker.exit_code = None
         worker.restart_at = None
+        worker.answered = None
         LOGGER.info("event=worker_started worker=%d pid=%d", worker.index, worker.pid)
 
     def _on_signal(self, signum: int, frame: object) -> None:
@@ -228,6 +239,9 @@ class Supervisor:
                 for worker in self.workers:
                     if worker.restart_at is not None and now >= worker.restart_at:
                         self._spawn(worker)
+                if now >= self._next_heartbeat:
+                    self._heartbeat()
+                    self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                 if not ever_ready and self._all_ready():
                     ever_ready = True
                     self._log_ready()
@@ -252,6 +266,38 @@ class Supervisor:
         )
         if self.metrics is not None:
             self.metrics.restarts.labels(str(worker.index)).inc()
+
+    def _heartbeat(self) -> None:
+        """Ask every live worker whether it is alive; SIGKILL one silent for too long.
+
+        Any answer counts (a worker still loading or draining answers "not ready"). A worker
+        that has never answered is still starting (interpreter, imports) and is left alone.
+        The kill is then handled as any other death: logged, counted, restarted.
+        """
+        for worker in self.workers:
+            if not worker.alive or worker.process is None:
+                continue
+            try:
+                ask_blocking(
+                    socket_path(self.run_dir, worker.index),
+                    {"op": "ready"},
+                    timeout=HEARTBEAT_ANSWER_SECONDS,
+                )
+            except PeerUnreachable:
+                silent = None if worker.answered is None else time.monotonic() - worker.answered
+                if silent is not None and silent > self.worker_timeout:
+                    LOGGER.error(
+                        "event=worker_unresponsive worker=%d pid=%d silent_s=%.1f "
+                        "worker_timeout_s=%.1f action=kill",
+                        worker.index,
+                        worker.pid,
+                        silent,
+                        self.worker_timeout,
+                    )
+                    worker.process.kill()
+                    worker.answered = None
+                continue
+            worker.answered = time.monotonic()
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
@@ -288,14 +334,19 @@ class Supervisor:
         )
 
 
-def supervise(settings: ServerSettings, count: int, argv: list[str]) -> int:
+def supervise(
+    settings: ServerSettings,
+    count: int,
+    argv: list[str],
+    worker_timeout: float = DEFAULT_WORKER_TIMEOUT_SECONDS,
+) -> int:
     """Run the server as ``count`` workers; returns the exit code (0 after a clean drain)."""
     run_dir = Path(tempfile.mkdtemp(prefix="d2lserve-"))
     try:
         reservation = reserve_port(settings.host, settings.grpc_port)
         with reservation:
             port = reservation.getsockname()[1]
-            supervisor = Supervisor(settings, count, argv, run_dir, port)
+            supervisor = Supervisor(settings, count, argv, run_dir, port, worker_timeout)
             return supervisor.run()
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)

@@ -285,6 +285,54 @@ def test_killed_worker_is_restarted_while_the_other_keeps_serving(model_reposito
     assert metric(families, "d2lserve_requests_total", model="reg", code="OK") == sent
 
 
+def test_hung_worker_is_killed_and_restarted_while_the_other_keeps_serving(
+    model_repository, start_workers
+):
+    server = start_workers(model_repository, "--worker-timeout", "2")
+    with Client(server.target, connections=16) as client:
+        groups = channels_by_worker(server, client)
+        survivor = client.stubs[groups[0][0]]
+        victim = worker_pids(server)[1]
+        os.kill(victim, signal.SIGSTOP)  # alive, holding its share of the port, silent
+        try:
+            deadline = time.monotonic() + 30
+            while worker_pids(server)[1] == victim:
+                assert time.monotonic() < deadline, server.log()
+                assert survivor.Predict(REG, timeout=10).model == "reg"
+                time.sleep(0.1)
+        finally:
+            if worker_pids(server)[1] == victim:  # the test failed: do not leave it stopped
+                os.kill(victim, signal.SIGKILL)
+        while not ask_ready(server, 1):
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.1)
+        assert ready_versions(server, 1, "reg") == ["1"]
+        server.wait_serving(60)
+    log = server.log()
+    assert re.search(
+        rf"event=worker_unresponsive worker=1 pid={victim} silent_s=[0-9.]+ "
+        r"worker_timeout_s=2.0 action=kill",
+        log,
+    ), log
+    assert re.search(rf"event=worker_died worker=1 pid={victim} code=-9", log)
+    families = scrape(server)
+    assert metric(families, "d2lserve_worker_restarts_total", worker="1") == 1
+    assert metric(families, "d2lserve_worker_restarts_total", worker="0") == 0
+
+
+def test_busy_workers_are_not_taken_for_hung(model_repository, start_workers):
+    # Both workers run 'slow' batches back to back for several timeouts: busy, not hung.
+    server = start_workers(model_repository, "--worker-timeout", "1", "--max-queue-size", "64")
+    with Client(server.target, connections=8, timeout=60) as client:
+        pids = worker_pids(server)
+        until = time.monotonic() + 4
+        while time.monotonic() < until:
+            calls = [stub.Predict.future(SLOW, timeout=60) for stub in client.stubs for _ in "ab"]
+            assert all(call.result().model == "slow" for call in calls)
+        assert worker_pids(server) == pids
+    assert "event=worker_unresponsive" not in server.log()
+
+
 def test_new_version_in_the_repository_becomes_ready_in_every_worker(
     model_repository, start_workers, tmp_path
 ):
@@ -346,6 +394,20 @@ def test_bad_worker_count_is_one_line_and_exit_2(model_repository, value):
     assert done.returncode == 2
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and "--workers" in lines[0] and "'auto'" in lines[0], done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "abc", "nan", "inf"])
+def test_bad_worker_timeout_is_one_line_and_exit_2(model_repository, value):
+    command = [sys.executable, "-m", "serving", "--model-repository", str(model_repository)]
+    done = subprocess.run(
+        [*command, *WORKERS, f"--worker-timeout={value}"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--worker-timeout" in lines[0] and "seconds" in lines[0], done.stderr
 
 
 def test_a_worker_that_cannot_start_stops_the_server_with_its_exit_code(model_repository, tmp_path):
