@@ -53,6 +53,38 @@ def socket_path(run_dir: Path, index: int) -> Path:
     return run_dir / f"worker-{index}.sock"
 
 
+def metrics_dir(run_dir: Path) -> Path:
+    """Where the workers' prometheus-client multiprocess files live."""
+    return run_dir / "metrics"
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False  # refused: the file of a worker that was killed
+    return True
+
+
+def clean_up_orphaned_run_dir(run_dir: Path) -> None:
+    """The last worker out removes what its dead supervisor would have removed.
+
+    Only what the server writes there goes (worker sockets, metric files), the directories
+    by ``rmdir``: a directory that holds anything else is left as it is. A worker whose peer
+    still listens leaves it all to that peer, the last one out.
+    """
+    sockets = list(run_dir.glob("worker-*.sock"))
+    if any(_listening(path) for path in sockets):
+        return
+    for path in [*sockets, *metrics_dir(run_dir).glob("*.db")]:
+        path.unlink(missing_ok=True)
+    for directory in (metrics_dir(run_dir), run_dir):
+        with contextlib.suppress(OSError):
+            directory.rmdir()
+
+
 @dataclass(frozen=True)
 class WorkerContext:
     """Which worker this process is, of how many, and where their sockets live."""
@@ -317,6 +349,7 @@ class WorkerControl:
             },
         )
         self._watch: asyncio.Task[None] | None = None
+        self._orphaned = False  # the supervisor died: nobody else will clean up
 
     async def start(self) -> None:
         """Listen for peers (before loading models, so peers see us as not ready)."""
@@ -342,12 +375,15 @@ class WorkerControl:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watch
         await self._server.close()
+        if self._orphaned:
+            clean_up_orphaned_run_dir(self.context.run_dir)
 
     async def _watch_health(self) -> None:
         parent = os.getppid()
         while True:
-            if os.getppid() != parent:  # the supervisor is gone: drain and exit
+            if not self._orphaned and os.getppid() != parent:  # supervisor gone: drain, exit
                 LOGGER.error("event=supervisor_gone")
+                self._orphaned = True
                 os.kill(os.getpid(), signal.SIGTERM)
             try:
                 ready = self._locally_ready() and await self.peers.all_ready()

@@ -14,10 +14,10 @@ hands each new connection to one of them. The supervisor
   ``d2lserve_worker_restarts_total``; a worker that fails before the server was ever ready
   (bad model, bad flag) stops the whole server with its exit code instead;
 * kills (SIGKILL) and so restarts a worker that stops answering: it asks each worker over
-  its control socket every second, and one that has answered before but then stays silent
-  for ``--worker-timeout`` seconds (hung, deadlocked, stopped) is taken for dead, as
-  gunicorn's ``--timeout`` does; its socket would otherwise keep taking connections that
-  nobody serves;
+  its control socket every second, and one silent for ``--worker-timeout`` seconds (hung,
+  deadlocked, stopped; a worker not yet started gets ``STARTUP_SECONDS`` if longer) is taken
+  for dead, as gunicorn's ``--timeout`` does; its socket would otherwise keep taking
+  connections that nobody serves;
 * forwards SIGTERM/SIGINT to every worker, which drains exactly as a single process does,
   and exits 0 once all have drained;
 * serves the one ``/metrics`` of the server (serving/shared_metrics.py).
@@ -42,7 +42,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from serving.config import DEFAULT_WORKER_TIMEOUT_SECONDS, ServerSettings
-from serving.control import PeerUnreachable, ask_blocking, socket_path
+from serving.control import PeerUnreachable, ask_blocking, metrics_dir, socket_path
 from serving.errors import SettingsError
 from serving.shared_metrics import MULTIPROC_ENV, process_rss_bytes
 
@@ -51,6 +51,9 @@ LOGGER = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 HEARTBEAT_SECONDS = 1.0  # how often the supervisor asks each worker whether it is alive
 HEARTBEAT_ANSWER_SECONDS = 0.5  # how long one ask waits for the answer
+# A worker that has not answered yet is starting (interpreter, imports): it gets this long
+# from its start, or --worker-timeout if that is longer, before it is taken for hung.
+STARTUP_SECONDS = 60.0
 FIRST_BACKOFF_SECONDS = 0.5
 MAX_BACKOFF_SECONDS = 10.0
 STABLE_SECONDS = 30.0  # a worker that lived this long restarts without back-off
@@ -136,7 +139,7 @@ class Supervisor:
 
     def __post_init__(self) -> None:
         self.workers = [_Worker(i) for i in range(self.count)]
-        self.metrics_dir = self.run_dir / "metrics"
+        self.metrics_dir = metrics_dir(self.run_dir)
         self.metrics_dir.mkdir()
         self.metrics = None
         if self.settings.metrics_enabled:
@@ -270,9 +273,9 @@ class Supervisor:
     def _heartbeat(self) -> None:
         """Ask every live worker whether it is alive; SIGKILL one silent for too long.
 
-        Any answer counts (a worker still loading or draining answers "not ready"). A worker
-        that has never answered is still starting (interpreter, imports) and is left alone.
-        The kill is then handled as any other death: logged, counted, restarted.
+        Any answer counts (a worker still loading or draining answers "not ready"). The kill
+        is then handled as any other death: logged, counted, restarted (or, before the server
+        was ever ready, it stops the server as a failed start does).
         """
         for worker in self.workers:
             if not worker.alive or worker.process is None:
@@ -284,18 +287,18 @@ class Supervisor:
                     timeout=HEARTBEAT_ANSWER_SECONDS,
                 )
             except PeerUnreachable:
-                silent = None if worker.answered is None else time.monotonic() - worker.answered
-                if silent is not None and silent > self.worker_timeout:
+                silent = overdue(worker, time.monotonic(), self.worker_timeout)
+                if silent is not None:
                     LOGGER.error(
                         "event=worker_unresponsive worker=%d pid=%d silent_s=%.1f "
-                        "worker_timeout_s=%.1f action=kill",
+                        "answered_before=%s worker_timeout_s=%.1f action=kill",
                         worker.index,
                         worker.pid,
                         silent,
+                        worker.answered is not None,
                         self.worker_timeout,
                     )
                     worker.process.kill()
-                    worker.answered = None
                 continue
             worker.answered = time.monotonic()
 
@@ -314,6 +317,7 @@ class Supervisor:
                 )
             except PeerUnreachable:
                 return False
+            worker.answered = time.monotonic()
             if not answer.get("ready"):
                 return False
         return True
@@ -332,6 +336,19 @@ class Supervisor:
             ",".join(f"{size / _MIB:.1f}MiB" for size in sizes),
             process_rss_bytes(os.getpid()) / _MIB,
         )
+
+
+def overdue(worker: _Worker, now: float, timeout: float) -> float | None:
+    """Seconds ``worker`` has been silent when that is too long to be alive, else None.
+
+    Silence counts from its last answer, or, before its first, from its start, with the
+    start-up allowance (``STARTUP_SECONDS``) when that is longer than ``timeout``.
+    """
+    if worker.answered is not None:
+        silent, allowed = now - worker.answered, timeout
+    else:
+        silent, allowed = now - worker.started, max(timeout, STARTUP_SECONDS)
+    return silent if silent > allowed else None
 
 
 def supervise(

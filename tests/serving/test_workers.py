@@ -288,14 +288,17 @@ def test_killed_worker_is_restarted_while_the_other_keeps_serving(model_reposito
 def test_hung_worker_is_killed_and_restarted_while_the_other_keeps_serving(
     model_repository, start_workers
 ):
-    server = start_workers(model_repository, "--worker-timeout", "2")
+    server = start_workers(model_repository, "--worker-timeout", "3")
     with Client(server.target, connections=16) as client:
         groups = channels_by_worker(server, client)
         survivor = client.stubs[groups[0][0]]
         victim = worker_pids(server)[1]
+        deadline = time.monotonic() + 30
+        while "event=ready workers=2" not in server.log():  # the supervisor heard from both
+            assert time.monotonic() < deadline, server.log()
+            time.sleep(0.05)
         os.kill(victim, signal.SIGSTOP)  # alive, holding its share of the port, silent
         try:
-            deadline = time.monotonic() + 30
             while worker_pids(server)[1] == victim:
                 assert time.monotonic() < deadline, server.log()
                 assert survivor.Predict(REG, timeout=10).model == "reg"
@@ -311,7 +314,7 @@ def test_hung_worker_is_killed_and_restarted_while_the_other_keeps_serving(
     log = server.log()
     assert re.search(
         rf"event=worker_unresponsive worker=1 pid={victim} silent_s=[0-9.]+ "
-        r"worker_timeout_s=2.0 action=kill",
+        r"answered_before=True worker_timeout_s=3.0 action=kill",
         log,
     ), log
     assert re.search(rf"event=worker_died worker=1 pid={victim} code=-9", log)
@@ -321,16 +324,43 @@ def test_hung_worker_is_killed_and_restarted_while_the_other_keeps_serving(
 
 
 def test_busy_workers_are_not_taken_for_hung(model_repository, start_workers):
-    # Both workers run 'slow' batches back to back for several timeouts: busy, not hung.
-    server = start_workers(model_repository, "--worker-timeout", "1", "--max-queue-size", "64")
+    # Both workers run 'slow' batches back to back for twice the timeout: busy, not hung.
+    server = start_workers(model_repository, "--worker-timeout", "3", "--max-queue-size", "64")
     with Client(server.target, connections=8, timeout=60) as client:
         pids = worker_pids(server)
-        until = time.monotonic() + 4
+        until = time.monotonic() + 6
         while time.monotonic() < until:
             calls = [stub.Predict.future(SLOW, timeout=60) for stub in client.stubs for _ in "ab"]
             assert all(call.result().model == "slow" for call in calls)
         assert worker_pids(server) == pids
     assert "event=worker_unresponsive" not in server.log()
+
+
+def exited(pid: int) -> bool:
+    """Gone, or a zombie no one has reaped yet (a worker whose supervisor died)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return True
+    return state in ("Z", "X")
+
+
+def test_workers_drain_and_clean_up_when_the_supervisor_is_killed(model_repository, start_workers):
+    server = start_workers(model_repository)
+    pids = worker_pids(server)
+    directory = run_dir(server)
+    assert (directory / "metrics").is_dir()
+    server.process.kill()  # SIGKILL: the supervisor can neither forward nor clean up
+    server.process.wait()
+    deadline = time.monotonic() + 30
+    while not all(exited(pid) for pid in pids.values()):
+        assert time.monotonic() < deadline, server.log()
+        time.sleep(0.1)
+    log = server.log()
+    for worker in (0, 1):
+        assert f"worker={worker} event=supervisor_gone" in log, log
+        assert re.search(rf"worker={worker} event=stopped", log), log
+    assert not directory.exists(), sorted(p.name for p in directory.rglob("*"))
 
 
 def test_new_version_in_the_repository_becomes_ready_in_every_worker(
