@@ -7,6 +7,10 @@ deletes on exit); the supervisor serves ``/metrics`` from those files with
 
 * counters and histograms are summed over the workers, the dead ones included, so a total
   stays equal to what the clients sent even across a worker restart;
+* a model version no live worker holds any more (unloaded) is left out, as one process
+  removes its series: the files cannot forget a series, so the supervisor asks the workers
+  for their versions (``index`` over the control plane) at each scrape and drops the samples
+  of the others (all are kept when a worker does not answer);
 * every gauge has an explicit mode in serving/metrics.py: ``livesum`` for in-flight requests
   and queues summed, ``livemax`` for model states and runtime info, ``livemin`` for the last
   scan time (the stalest worker), and ``liveall`` for per-worker values, whose ``pid`` label
@@ -52,20 +56,31 @@ def process_rss_bytes(pid: int) -> int:
 
 
 WorkerPids = Callable[[], dict[int, int]]  # pid -> worker index, of the live workers
+# (model, version) pairs some live worker holds; None when that cannot be known right now.
+HeldVersions = Callable[[], set[tuple[str, str]] | None]
 
 
 class _WorkerFiles:
-    """MultiProcessCollector with ``pid`` labels turned into ``worker`` indexes."""
+    """MultiProcessCollector: ``pid`` labels become ``worker`` indexes; unloaded versions go."""
 
-    def __init__(self, path: Path, workers: WorkerPids) -> None:
+    def __init__(self, path: Path, workers: WorkerPids, held: HeldVersions) -> None:
         self._files = MultiProcessCollector(None, path=str(path))
         self._workers = workers
+        self._held = held
 
     def collect(self) -> Iterator[Metric]:
+        held = self._held()
         workers = self._workers()
         for metric in self._files.collect():
             samples = []
             for sample in metric.samples:
+                version = sample.labels.get("version")
+                if (
+                    held is not None
+                    and version
+                    and (sample.labels.get("model"), version) not in held
+                ):
+                    continue  # an unloaded version
                 pid = sample.labels.get("pid")
                 if pid is not None:
                     index = workers.get(int(pid))
@@ -109,10 +124,10 @@ class _WorkerProcesses:
 class SupervisorMetrics:
     """The supervisor's registry: the workers' shared files plus the supervisor's own."""
 
-    def __init__(self, path: Path, workers: WorkerPids, count: int) -> None:
+    def __init__(self, path: Path, workers: WorkerPids, held: HeldVersions, count: int) -> None:
         self.path = path
         self.registry = CollectorRegistry()
-        self.registry.register(_WorkerFiles(path, workers))  # type: ignore[arg-type]
+        self.registry.register(_WorkerFiles(path, workers, held))  # type: ignore[arg-type]
         self.registry.register(_WorkerProcesses(workers))  # type: ignore[arg-type]
         common: dict[str, Any] = {"namespace": NAMESPACE, "registry": self.registry}
         self.restarts = Counter(

@@ -145,10 +145,31 @@ class Supervisor:
         if self.settings.metrics_enabled:
             from serving.shared_metrics import SupervisorMetrics
 
-            self.metrics = SupervisorMetrics(self.metrics_dir, self.live_pids, self.count)
+            self.metrics = SupervisorMetrics(
+                self.metrics_dir, self.live_pids, self.held_versions, self.count
+            )
 
     def live_pids(self) -> dict[int, int]:
         return {w.pid: w.index for w in self.workers if w.alive}
+
+    def held_versions(self) -> set[tuple[str, str]] | None:
+        """(model, version) of every version a live worker holds (its RepositoryIndex).
+
+        For /metrics, at scrape time; None when a live worker does not answer (then nothing
+        is left out).
+        """
+        held: set[tuple[str, str]] = set()
+        for worker in self.workers:
+            if not worker.alive:
+                continue
+            try:
+                answer = ask_blocking(
+                    socket_path(self.run_dir, worker.index), {"op": "index"}, timeout=1.0
+                )
+            except PeerUnreachable:
+                return None
+            held.update((entry[0], entry[1]) for entry in answer.get("index", []) if entry[1])
+        return held
 
     def _spawn(self, worker: _Worker) -> None:
         command = [

@@ -61,7 +61,9 @@ def exported_metric_names() -> set[str]:
     names = {s.name for family in registry.collect() for s in family.samples}
     # --workers N: the supervisor's own (this process standing in for worker 0).
     with tempfile.TemporaryDirectory() as files:
-        supervisor = SupervisorMetrics(Path(files), lambda: {os.getpid(): 0}, count=1)
+        supervisor = SupervisorMetrics(
+            Path(files), lambda: {os.getpid(): 0}, held=lambda: None, count=1
+        )
         names |= {s.name for family in supervisor.registry.collect() for s in family.samples}
     return names
 

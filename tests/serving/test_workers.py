@@ -392,6 +392,11 @@ def test_explicit_load_and_unload_apply_to_every_worker_before_returning(
         kserve = grpc_service_pb2_grpc.GRPCInferenceServiceStub(channel)
         kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="reg"), timeout=60)
         assert [ready_versions(server, w, "reg") for w in (0, 1)] == [["1"], ["1"]]
+        with Client(server.target, connections=4) as client:
+            for stub in client.stubs:
+                assert stub.Predict(REG, timeout=10).model == "reg"
+        families = scrape(server)
+        assert metric(families, "d2lserve_requests_total", model="reg", version="1") == 4
         with pytest.raises(grpc.RpcError) as missing:
             kserve.RepositoryModelLoad(pb.RepositoryModelLoadRequest(model_name="nope"), timeout=60)
         assert missing.value.code() == grpc.StatusCode.NOT_FOUND
@@ -401,6 +406,12 @@ def test_explicit_load_and_unload_apply_to_every_worker_before_returning(
         kserve.RepositoryModelUnload(pb.RepositoryModelUnloadRequest(model_name="reg"), timeout=60)
         assert [ready_versions(server, w, "reg") for w in (0, 1)] == [[], []]
         assert [ready_versions(server, w, "mlp") for w in (0, 1)] == [["1"], ["1"]]
+        # As in one process, the unloaded version's series go from /metrics; mlp's stay.
+        samples = [s for family in scrape(server) for s in family.samples]
+        assert not [
+            s for s in samples if s.labels.get("model") == "reg" and s.labels.get("version")
+        ]
+        assert [s for s in samples if s.labels.get("model") == "mlp" and s.labels.get("version")]
     with Client(server.target, connections=8) as client:
         for stub in client.stubs:
             with pytest.raises(grpc.RpcError) as gone:
