@@ -28,6 +28,7 @@ The private run directory (``$TMPDIR/d2lserve-*``) holds the workers' control so
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -136,6 +137,7 @@ class Supervisor:
     workers: list[_Worker] = field(default_factory=list)
     _stop_signal: int | None = None
     _next_heartbeat: float = 0.0
+    _told_ready: bool = False  # what the workers were last told: every worker is ready
 
     def __post_init__(self) -> None:
         self.workers = [_Worker(i) for i in range(self.count)]
@@ -240,6 +242,8 @@ class Supervisor:
                 worker.exit_code = code
                 if self.metrics is not None:
                     self.metrics.worker_died(worker.pid)
+                if self._told_ready:  # the others stop saying SERVING at once
+                    self._tell_ready(False)
                 if stop_deadline is not None:
                     LOGGER.info("event=worker_stopped worker=%d code=%d", worker.index, code)
                 elif not ever_ready:
@@ -268,6 +272,7 @@ class Supervisor:
                     self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
                 if not ever_ready and self._all_ready():
                     ever_ready = True
+                    self._tell_ready(True)
                     self._log_ready()
             time.sleep(POLL_SECONDS)
         if failed_start is not None:
@@ -292,22 +297,26 @@ class Supervisor:
             self.metrics.restarts.labels(str(worker.index)).inc()
 
     def _heartbeat(self) -> None:
-        """Ask every live worker whether it is alive; SIGKILL one silent for too long.
+        """Ask every worker whether it is ready, tell them all whether all are; kill the hung.
 
-        Any answer counts (a worker still loading or draining answers "not ready"). The kill
-        is then handled as any other death: logged, counted, restarted (or, before the server
-        was ever ready, it stops the server as a failed start does).
+        Any answer counts as alive (a worker still loading or draining answers "not ready");
+        one silent for too long is killed, which is then handled as any other death: logged,
+        counted, restarted (or, before the server was ever ready, it stops the server as a
+        failed start does). The request carries the last verdict; a new one is sent at once.
         """
+        all_ready = True
         for worker in self.workers:
             if not worker.alive or worker.process is None:
+                all_ready = False  # being restarted
                 continue
             try:
-                ask_blocking(
+                answer = ask_blocking(
                     socket_path(self.run_dir, worker.index),
-                    {"op": "ready"},
+                    {"op": "ready", "all_ready": self._told_ready},
                     timeout=HEARTBEAT_ANSWER_SECONDS,
                 )
             except PeerUnreachable:
+                all_ready = False
                 silent = overdue(worker, time.monotonic(), self.worker_timeout)
                 if silent is not None:
                     LOGGER.error(
@@ -322,6 +331,24 @@ class Supervisor:
                     worker.process.kill()
                 continue
             worker.answered = time.monotonic()
+            all_ready = all_ready and bool(answer.get("ready"))
+        if all_ready != self._told_ready:
+            self._tell_ready(all_ready)
+
+    def _tell_ready(self, all_ready: bool) -> None:
+        """Tell every live worker whether the whole server is ready (their health service)."""
+        if all_ready != self._told_ready:
+            LOGGER.info("event=server_health serving=%s", all_ready)
+        self._told_ready = all_ready
+        for worker in self.workers:
+            if not worker.alive:
+                continue
+            with contextlib.suppress(PeerUnreachable):  # hung or dying: see the heartbeat
+                ask_blocking(
+                    socket_path(self.run_dir, worker.index),
+                    {"op": "ready", "all_ready": all_ready},
+                    timeout=HEARTBEAT_ANSWER_SECONDS,
+                )
 
     def _signal_all(self, signum: int) -> None:
         for worker in self.workers:
