@@ -22,6 +22,7 @@ Only the event loop touches an ``Admission``: plain ints, no locks.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -45,6 +46,9 @@ REFUSED_SHARE = 0.5
 _CAPACITY_DECAY = 0.999  # per sample: the best rate fades by about 5 % a second
 # How often the gRPC core's call count is read (one channelz read costs ~0.3 ms).
 CORE_SAMPLE_INTERVAL_SECONDS = 0.02
+# While the server holds no call at all, the count is read this seldom instead (1.5 % of a
+# core per idle worker at 0.02 s, 0.1 % at 0.25 s); the first call admitted wakes the sampler.
+IDLE_SAMPLE_INTERVAL_SECONDS = 0.25
 
 
 def default_limit(policies: Iterable[BatchingPolicy], floor: int = 64) -> int:
@@ -84,6 +88,7 @@ class Admission:
         "admitted",
         "core_calls",
         "limit",
+        "wake",
     )
 
     def __init__(self, limit: int, refused: RefusalCounter | None = None) -> None:
@@ -102,6 +107,7 @@ class Admission:
         self._refusals_at_sample = 0
         self._backoff_s = 0.0  # the retry hint's share that pushes refused clients back
         self._refused = refused
+        self.wake: asyncio.Event | None = None  # set while the sampler idles: the first call
 
     def in_server(self) -> int:
         """Calls in the server now: the last sample less the calls that left since."""
@@ -117,6 +123,8 @@ class Admission:
                 self._refused.refused(api, "concurrency_limit")
             return False
         self.admitted += 1
+        if self.wake is not None:  # the sampler idles: the server is busy again
+            self.wake.set()
         return True
 
     def release(self) -> None:
@@ -192,15 +200,28 @@ async def sample_core_calls(
     admission: Admission,
     interval: float = CORE_SAMPLE_INTERVAL_SECONDS,
     read: Callable[[], int | None] = grpc_core_calls,
+    idle_interval: float = IDLE_SAMPLE_INTERVAL_SECONDS,
 ) -> None:
-    """Keep ``admission.core_calls`` fresh; a task the server runs while serving."""
+    """Keep ``admission.core_calls`` fresh; a task the server runs while serving.
+
+    Every ``interval`` while the server holds calls; every ``idle_interval`` while it holds
+    none, until the first call admitted (``Admission.wake``) brings the fast pace back.
+    """
     loop = asyncio.get_running_loop()
     last = loop.time()
+    idle = False
     while True:
-        await asyncio.sleep(interval)
+        if idle:
+            admission.wake = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(admission.wake.wait(), idle_interval)
+            admission.wake = None
+        else:
+            await asyncio.sleep(interval)
         calls = read()
         if calls is None:
             return  # admission then counts the calls in our handlers only
         now = loop.time()
         admission.sample(calls, now - last)
         last = now
+        idle = calls == 0 and admission.admitted == 0

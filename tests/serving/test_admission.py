@@ -96,6 +96,52 @@ def test_the_core_sampler_feeds_admission_and_stops_when_channelz_is_unreadable(
     asyncio.run(body())
 
 
+def test_an_idle_server_reads_the_core_seldom_and_the_first_call_wakes_the_sampler():
+    async def body() -> None:
+        admission = Admission(5)
+        reads = []
+
+        def read() -> int:
+            reads.append(asyncio.get_running_loop().time())
+            return 0  # nothing in the core: idle
+
+        sampler = asyncio.create_task(
+            sample_core_calls(admission, interval=0.001, read=read, idle_interval=30.0)
+        )
+        await asyncio.sleep(0.2)
+        assert len(reads) == 1  # fast once, then waiting up to 30 s
+        assert admission.try_acquire("predict")  # a call arrives
+        await asyncio.sleep(0.05)
+        assert len(reads) >= 2  # read again at once, not after 30 s
+        admission.release()
+        await asyncio.sleep(0.2)
+        idle_reads = len(reads)
+        await asyncio.sleep(0.2)
+        assert len(reads) == idle_reads  # idle again: no reads
+        sampler.cancel()
+
+    asyncio.run(body())
+
+
+def test_a_busy_server_reads_the_core_at_the_fast_pace():
+    async def body() -> None:
+        admission = Admission(5)
+        reads = []
+
+        def read() -> int:
+            reads.append(1)
+            return 3  # calls in the core
+
+        sampler = asyncio.create_task(
+            sample_core_calls(admission, interval=0.005, read=read, idle_interval=30.0)
+        )
+        await asyncio.sleep(0.3)
+        sampler.cancel()
+        assert len(reads) >= 10
+
+    asyncio.run(body())
+
+
 def test_the_core_count_includes_calls_no_handler_has_seen_yet():
     async def body() -> int:
         seen = 0
