@@ -96,18 +96,24 @@ def test_the_core_sampler_feeds_admission_and_stops_when_channelz_is_unreadable(
     asyncio.run(body())
 
 
+def counting_sampler(
+    admission: Admission, calls_in_core: int, interval: float
+) -> tuple[asyncio.Task, list[int]]:
+    """The core sampler as a task, reading a fixed count (30 s idle pace); and its reads."""
+    reads: list[int] = []
+
+    def read() -> int:
+        reads.append(calls_in_core)
+        return calls_in_core
+
+    sampler = sample_core_calls(admission, interval=interval, read=read, idle_interval=30.0)
+    return asyncio.create_task(sampler), reads
+
+
 def test_an_idle_server_reads_the_core_seldom_and_the_first_call_wakes_the_sampler():
     async def body() -> None:
         admission = Admission(5)
-        reads = []
-
-        def read() -> int:
-            reads.append(asyncio.get_running_loop().time())
-            return 0  # nothing in the core: idle
-
-        sampler = asyncio.create_task(
-            sample_core_calls(admission, interval=0.001, read=read, idle_interval=30.0)
-        )
+        sampler, reads = counting_sampler(admission, 0, interval=0.001)  # nothing in the core
         await asyncio.sleep(0.2)
         assert len(reads) == 1  # fast once, then waiting up to 30 s
         assert admission.try_acquire("predict")  # a call arrives
@@ -125,16 +131,7 @@ def test_an_idle_server_reads_the_core_seldom_and_the_first_call_wakes_the_sampl
 
 def test_a_busy_server_reads_the_core_at_the_fast_pace():
     async def body() -> None:
-        admission = Admission(5)
-        reads = []
-
-        def read() -> int:
-            reads.append(1)
-            return 3  # calls in the core
-
-        sampler = asyncio.create_task(
-            sample_core_calls(admission, interval=0.005, read=read, idle_interval=30.0)
-        )
+        sampler, reads = counting_sampler(Admission(5), 3, interval=0.005)  # calls in the core
         await asyncio.sleep(0.3)
         sampler.cancel()
         assert len(reads) >= 10
