@@ -14,42 +14,24 @@ from __future__ import annotations
 
 import math
 import resource
-import shutil
 import struct
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 
-from protos import predict_pb2
 from serving import client
-from serving.loadtest.server_metrics import ServerSnapshot, parse_metrics
+from serving.loadtest.histogram import LatencyHistogram
+from serving.loadtest.payloads import PREDICT_PATH
+from serving.loadtest.server_metrics import difference, scrape
 
 H2LOAD = "h2load"
-PREDICT_PATH = "/" + predict_pb2.DESCRIPTOR.services_by_name["PredictionService"].full_name
-PREDICT_PATH += "/Predict"
-
-
-def available() -> bool:
-    return shutil.which(H2LOAD) is not None
 
 
 def grpc_frame(message: bytes) -> bytes:
     """One uncompressed gRPC length-prefixed message."""
     return b"\0" + struct.pack(">I", len(message)) + message
-
-
-def _snapshot(metrics_url: str, model: str) -> ServerSnapshot:
-    with urllib.request.urlopen(metrics_url, timeout=10) as response:
-        return parse_metrics(response.read().decode(), model)
-
-
-def _percentile(sorted_ms: list[float], q: float) -> float:
-    if not sorted_ms:
-        return math.nan
-    return sorted_ms[min(len(sorted_ms) - 1, math.ceil(q * len(sorted_ms)) - 1)]
 
 
 def run(
@@ -85,9 +67,9 @@ def run(
     started = time.monotonic()
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     time.sleep(warmup + 0.5)
-    first, first_wall, first_epoch = _snapshot(metrics_url, model), time.monotonic(), time.time()
+    first, first_wall, first_epoch = scrape(metrics_url, model), time.monotonic(), time.time()
     time.sleep(duration)
-    last, last_wall, last_epoch = _snapshot(metrics_url, model), time.monotonic(), time.time()
+    last, last_wall, last_epoch = scrape(metrics_url, model), time.monotonic(), time.time()
     output, _ = process.communicate(timeout=duration + warmup + 60)
     wall = time.monotonic() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -95,37 +77,34 @@ def run(
         raise RuntimeError(f"h2load failed ({process.returncode}): {output.strip()[-500:]}")
 
     seconds = last_wall - first_wall
-    by_code = {
-        code: last.requests_by_code.get(code, 0.0) - first.requests_by_code.get(code, 0.0)
-        for code in set(first.requests_by_code) | set(last.requests_by_code)
-    }
-    requests = sum(by_code.values())
-    ok = by_code.get("OK", 0.0)
-    latencies = []
+    server = difference(first, last)
+    latencies = LatencyHistogram()
     for line in log.read_text().splitlines():
         start_us, status, took_us = line.split("\t")[:3]
         if first_epoch <= int(start_us) / 1e6 < last_epoch and status == "200":
-            latencies.append(int(took_us) / 1000.0)
-    latencies.sort()
-    cpu = None
-    if first.cpu_seconds is not None and last.cpu_seconds is not None:
-        cpu = last.cpu_seconds - first.cpu_seconds
+            latencies.record(int(took_us) / 1e6)
+    cpu = server.cpu_seconds
     client_cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return {
         "load_generator": "h2load",
         "model": model,
         "concurrency": connections * streams,
         "measured_seconds": seconds,
-        "requests": int(requests),
-        "ok": int(ok),
-        "requests_by_code": by_code,
-        "requests_per_second": requests / seconds,
+        "requests": int(server.requests),
+        "ok": int(server.requests_by_code.get("OK", 0)),
+        "requests_by_code": server.requests_by_code,
+        "requests_per_second": server.requests / seconds,
         "latency": {
-            "count": len(latencies),
-            "p50_ms": _percentile(latencies, 0.50),
-            "p99_ms": _percentile(latencies, 0.99),
+            "count": latencies.count,
+            "p50_ms": 1000 * latencies.percentile(50),
+            "p99_ms": 1000 * latencies.percentile(99),
         },
         "client_cpu_ratio": client_cpu / wall,
         "server_cpu_ratio": cpu / seconds if cpu is not None else math.nan,
-        "server": {"requests": requests, "cpu_seconds": cpu},
+        "server": {
+            "requests": server.requests,
+            "cpu_seconds": cpu,
+            "executions": server.executions,
+            "rows": server.rows,
+        },
     }
