@@ -267,12 +267,11 @@ class Supervisor:
                 for worker in self.workers:
                     if worker.restart_at is not None and now >= worker.restart_at:
                         self._spawn(worker)
-                if now >= self._next_heartbeat:
+                if not ever_ready or now >= self._next_heartbeat:  # at start: every poll
                     self._heartbeat()
                     self._next_heartbeat = time.monotonic() + HEARTBEAT_SECONDS
-                if not ever_ready and self._all_ready():
+                if not ever_ready and self._told_ready:
                     ever_ready = True
-                    self._tell_ready(True)
                     self._log_ready()
             time.sleep(POLL_SECONDS)
         if failed_start is not None:
@@ -354,21 +353,6 @@ class Supervisor:
         for worker in self.workers:
             if worker.alive and worker.process is not None:
                 worker.process.send_signal(signum)
-
-    def _all_ready(self) -> bool:
-        for worker in self.workers:
-            if not worker.alive:
-                return False
-            try:
-                answer = ask_blocking(
-                    socket_path(self.run_dir, worker.index), {"op": "ready"}, timeout=1.0
-                )
-            except PeerUnreachable:
-                return False
-            worker.answered = time.monotonic()
-            if not answer.get("ready"):
-                return False
-        return True
 
     def _log_ready(self) -> None:
         sizes = []
