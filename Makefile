@@ -14,7 +14,7 @@ MUTATE_JOBS ?= 2
 # property test allocate 16 GiB and the kernel OOM-kill whatever else runs on the machine.
 MUTATE_MEMORY_KB ?= 8000000
 
-.PHONY: venv system-deps protos train serve demo test lint bench loadtest mutate container-test clean
+.PHONY: venv system-deps peer-tools protos train serve demo test lint bench loadtest mutate container-test clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,11 @@ $(STAMP): pyproject.toml
 system-deps:
 	@scripts/install-system-deps.sh
 
+# Triton's perf_analyzer and PyTriton, the peers the tests and benchmarks compare with, in a
+# virtual environment of their own (.venv-peers: they need numpy < 2 and Debian's python3.11).
+peer-tools:
+	@scripts/install-peer-tools.sh
+
 protos: $(STAMP)
 	$(PY) -m protos.generate
 
@@ -41,7 +46,7 @@ serve: $(STAMP)
 demo: $(STAMP)
 	scripts/demo.sh
 
-test: $(STAMP) system-deps
+test: $(STAMP) system-deps peer-tools
 	$(PY) -m pytest -q
 
 lint: $(STAMP)
@@ -69,4 +74,4 @@ loadtest: $(STAMP)
 	$(PY) -m serving.loadtest --target 127.0.0.1:$(GRPC_PORT) --model mlp --concurrency 16 --duration 10
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache mutants
+	rm -rf $(VENV) .venv-peers .pytest_cache .ruff_cache mutants
