@@ -218,8 +218,8 @@ async def direct_server(port: int, repository: Path) -> None:
 
     from model_repository.datatypes import BY_WIRE
     from protos import predict_pb2
+    from serving.core.tensors import RequestSchema, TensorSpec, fill_predict_tensor
     from serving.errors import InvalidInputError
-    from serving.tensors import RequestSchema, TensorSpec, fill_predict_tensor
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1

@@ -19,13 +19,13 @@ import sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
-# "    serving.batcher.xǁBatcherǁ_take__mutmut_12: survived"
+# "    serving.core.batcher.xǁBatcherǁ_take__mutmut_12: survived"
 LINE = re.compile(r"^\s*(?P<name>\S+__mutmut_\d+): (?P<status>.+)$")
 KILLED = {"killed", "timeout", "caught by type check"}
 
 
 def module_of(mutant: str) -> str:
-    """``serving.batcher.x_f__mutmut_1`` / ``serving.batcher.xǁCǁm__mutmut_1`` -> module."""
+    """``serving.core.batcher.x_f__mutmut_1`` or ``...xǁCǁm__mutmut_1`` -> the module."""
     return re.split(r"\.x[_ǁ]", mutant, maxsplit=1)[0]
 
 

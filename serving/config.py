@@ -90,7 +90,7 @@ class ServerSettings:
     grace_seconds: float = 10.0
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     # Inference requests admitted at once; None: what the loaded batchers can hold
-    # (serving.admission.default_limit), recomputed as models come and go.
+    # (serving.core.admission.default_limit), recomputed as models come and go.
     max_concurrent_rpcs: int | None = None
     tls_cert: Path | None = None
     tls_key: Path | None = None

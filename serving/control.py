@@ -41,7 +41,7 @@ from protos.predict_pb2 import READY
 from serving.errors import ModelLoadError, ModelUnavailableError, ServingError, status_code
 
 if TYPE_CHECKING:
-    from serving.repository import Repository
+    from serving.core.repository import Repository
 
 LOGGER = logging.getLogger(__name__)
 

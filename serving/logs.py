@@ -92,7 +92,7 @@ class ClientGoneFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not str(record.msg).startswith(_CLIENT_GONE_PREFIX):
             return True
-        logger = logging.getLogger("serving.wire")
+        logger = logging.getLogger("serving.grpc_api.guard")
         if logger.isEnabledFor(logging.DEBUG):
             method = record.args[0] if isinstance(record.args, tuple) and record.args else ""
             logger.debug("event=client_gone method=%s", method)

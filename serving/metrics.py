@@ -194,8 +194,8 @@ class _Families:
             )
         else:
             self.runtime = Info("runtime", "ONNX Runtime execution provider and version.", **common)
-        # Overload, seen where it happens: in front of the handlers (serving/admission.py,
-        # serving/wire.py) and on the event loop (serving/loop_monitor.py).
+        # Overload, seen where it happens: in front of the handlers (serving/core/admission.py,
+        # serving/grpc_api/guard.py) and on the event loop (serving/loop_monitor.py).
         self.calls_in_server = Gauge(
             "calls_in_server",
             "Calls inside the server as admission control counts them: received by gRPC "

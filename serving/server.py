@@ -14,17 +14,17 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
-from serving.admission import Admission, default_limit, sample_core_calls
 from serving.config import ServerSettings
 from serving.control import WorkerContext, WorkerControl
+from serving.core.admission import Admission, default_limit, sample_core_calls
+from serving.core.repository import Repository
+from serving.core.runtime import Runtime
 from serving.errors import SettingsError
-from serving.kserve_service import InferenceService
+from serving.grpc_api.guard import Guard
+from serving.grpc_api.kserve import InferenceService
+from serving.grpc_api.predict import PredictionService
 from serving.loop_monitor import LoopMonitor
 from serving.metrics import ServingMetrics
-from serving.predict_service import PredictionService
-from serving.repository import Repository
-from serving.runtime import Runtime
-from serving.wire import Guard
 
 LOGGER = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Server:
                 ("grpc.enable_channelz", 1),
             ],
         )
-        # Our services take raw bytes and decode (and admit) them in serving/wire.py.
+        # Our services take raw bytes and decode (and admit) them in serving/grpc_api/guard.py.
         guarded = Guard(self.admission, ADMITTED_METHODS, SERVICE_APIS, self.metrics).registrar(
             server
         )

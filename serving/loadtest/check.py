@@ -15,8 +15,8 @@ from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, predict_pb2
+from serving.core.tensors import array_from_predict
 from serving.loadtest.errors import InputError
-from serving.tensors import array_from_predict
 
 RTOL = 1e-3
 ATOL = 1e-4

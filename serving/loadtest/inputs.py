@@ -14,8 +14,8 @@ import numpy as np
 from model_repository import metadata as meta
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
+from serving.core.tensors import PREDICT_DTYPES
 from serving.loadtest.errors import InputError, TargetError
-from serving.tensors import PREDICT_DTYPES
 
 LOGGER = logging.getLogger(__name__)
 

@@ -70,13 +70,13 @@ def test_requirements_script_prints_base_plus_the_named_extras():
 
 
 def test_runtime_probe_model_is_what_onnx_helper_builds():
-    """serving.runtime carries the CUDA probe as bytes so that it needs no onnx package."""
+    """serving.core.runtime carries the CUDA probe as bytes so that it needs no onnx package."""
     onnx = pytest.importorskip("onnx")
     ort = pytest.importorskip("onnxruntime")
     import numpy as np
     from onnx import TensorProto, helper
 
-    from serving.runtime import PROBE_MODEL
+    from serving.core.runtime import PROBE_MODEL
 
     graph = helper.make_graph(
         [helper.make_node("Identity", ["x"], ["y"])],

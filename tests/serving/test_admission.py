@@ -12,19 +12,19 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from protos import model_config_pb2 as mc
-from serving.admission import (
+from serving.config import BatchingOverrides
+from serving.core.admission import (
     MAX_RETRY_AFTER_MS,
     Admission,
     default_limit,
     grpc_core_calls,
     sample_core_calls,
 )
-from serving.batcher import Batcher, BatchingPolicy
-from serving.config import BatchingOverrides
+from serving.core.batcher import Batcher, BatchingPolicy
+from serving.core.repository import batching_policy
 from serving.errors import QueueTimeoutError, SettingsError, status_code
 from serving.loop_monitor import LoopMonitor
 from serving.metrics import ServingMetrics
-from serving.repository import batching_policy
 
 
 class Refusals:

@@ -10,7 +10,7 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from serving.batcher import Batcher, BatchingPolicy
+from serving.core.batcher import Batcher, BatchingPolicy
 from serving.errors import (
     DeadlineExpiredError,
     ModelUnavailableError,
@@ -412,7 +412,7 @@ def test_a_failing_execution_fails_its_callers_and_the_batcher_keeps_serving(
         batcher = Batcher(flaky, BatchingPolicy(max_queue_delay_microseconds=0), name="flaky")
         batcher.start()
         with (
-            caplog.at_level("ERROR", logger="serving.batcher"),
+            caplog.at_level("ERROR", logger="serving.core.batcher"),
             pytest.raises(RuntimeError, match="boom"),
         ):
             await submit(batcher, rows(1))
@@ -479,7 +479,7 @@ def test_close_gives_up_after_its_timeout_and_fails_what_is_still_queued(
         await wait_running(model)
         queued = [submit(batcher, rows(1)), submit(batcher, rows(2))]
         started = time.perf_counter()
-        with caplog.at_level("WARNING", logger="serving.batcher"):
+        with caplog.at_level("WARNING", logger="serving.core.batcher"):
             await batcher.close(timeout=0.2)
         assert time.perf_counter() - started < 5
         assert metrics.inflight_now == 1  # the running one; both queued ones are settled
@@ -503,7 +503,7 @@ def test_a_bug_in_the_owning_task_fails_the_callers_and_closes_the_batcher(
             raise RuntimeError("bug")
 
         batcher._form_batch = broken  # type: ignore[method-assign]
-        with caplog.at_level("ERROR", logger="serving.batcher"):
+        with caplog.at_level("ERROR", logger="serving.core.batcher"):
             batcher.start()
             waiting = submit(batcher, rows(1))
             with pytest.raises(
@@ -855,7 +855,7 @@ def test_close_gives_up_on_a_running_execution_after_its_timeout_with_nothing_qu
         running = submit(batcher, rows(0))
         await wait_running(model)
         started = time.perf_counter()
-        with caplog.at_level("WARNING", logger="serving.batcher"):
+        with caplog.at_level("WARNING", logger="serving.core.batcher"):
             await batcher.close(timeout=0.2)
         assert 0.2 <= time.perf_counter() - started < 5
         assert caplog.messages == ["event=drain_timeout batcher=\"model 'fake' v1\" timeout_s=0.2"]

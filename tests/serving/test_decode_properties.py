@@ -8,7 +8,7 @@ without a batch dimension, fixed and free dims), ``RequestSchema.decode_predict`
 or raise InvalidInputError with a message; never another exception.
 
 The reference functions below restate the wire contract from protos/ directly (type names,
-typed contents fields, length-prefixed BYTES), without reusing serving.tensors. Examples are
+typed contents fields, length-prefixed BYTES), without reusing serving.core.tensors. Examples are
 bounded and derandomized (tests/conftest.py).
 """
 
@@ -25,8 +25,8 @@ from hypothesis.extra import numpy as hnp
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
+from serving.core.tensors import Decoded, RequestSchema, TensorSpec
 from serving.errors import InvalidInputError
-from serving.tensors import Decoded, RequestSchema, TensorSpec
 
 MODEL = "model 'm' v1"
 NAMES = ("input", "mask", "ids")

@@ -15,21 +15,23 @@ from serving.logs import (
 
 
 def record(message: str, *args: object) -> logging.LogRecord:
-    return logging.LogRecord("serving.repository", logging.INFO, __file__, 1, message, args, None)
+    return logging.LogRecord(
+        "serving.core.repository", logging.INFO, __file__, 1, message, args, None
+    )
 
 
 def test_text_lines_are_key_value_pairs():
     line = KeyValueFormatter().format(record("event=model_loaded model=%s version=%d", "mlp", 2))
     assert line.startswith("ts=") and "\n" not in line
     assert line.endswith(
-        "level=info logger=serving.repository event=model_loaded model=mlp version=2"
+        "level=info logger=serving.core.repository event=model_loaded model=mlp version=2"
     )
 
 
 def test_json_lines_turn_pairs_into_fields():
     message = 'event=model_load_failed model=mlp version=3 error="bad file: truncated" extra words'
     entry = json.loads(JsonFormatter().format(record(message)))
-    assert entry["level"] == "info" and entry["logger"] == "serving.repository"
+    assert entry["level"] == "info" and entry["logger"] == "serving.core.repository"
     assert entry["event"] == "model_load_failed" and entry["version"] == "3"
     assert entry["error"] == "bad file: truncated"
     assert entry["msg"] == "extra words"
@@ -56,7 +58,7 @@ def test_grpc_send_failures_of_a_departed_client_become_one_debug_line(capsys):
     lines = capsys.readouterr().err.splitlines()
     assert len(lines) == 2 and "Traceback" not in lines[0]
     assert lines[0].endswith(
-        "level=debug logger=serving.wire event=client_gone "
+        "level=debug logger=serving.grpc_api.guard event=client_gone "
         "method=/inference.GRPCInferenceService/ModelStreamInfer"
     )
     assert "level=error" in lines[1]  # other grpc errors are not hidden

@@ -18,7 +18,7 @@ from serving_support import ServerProcess
 from test_metrics_server import scrape, value
 
 from protos import grpc_service_pb2 as pb
-from serving.admission import RETRY_AFTER_KEY
+from serving.core.admission import RETRY_AFTER_KEY
 
 # Above the calls grpc.aio ever has in its handlers at once (fewer than 8 in the bench), so
 # only counting the calls waiting in the gRPC core sheds anything.

@@ -15,7 +15,7 @@ from serving_support import LABELS, scrape
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
 from serving.client import Client, predict_request
-from serving.runtime import cuda_works
+from serving.core.runtime import cuda_works
 
 
 def reference(model_repository, name: str, array: np.ndarray, version: int = 1) -> dict:

@@ -16,12 +16,12 @@ from prometheus_client import CollectorRegistry
 
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2 as pb
-from serving.batcher import Batcher, BatchingPolicy
 from serving.config import BatchingOverrides
-from serving.kserve_service import MAX_STREAM_INFLIGHT, InferenceService
+from serving.core.batcher import Batcher, BatchingPolicy
+from serving.core.repository import READY, Model, ModelVersion, Repository
+from serving.core.tensors import RequestSchema, TensorSpec
+from serving.grpc_api.kserve import MAX_STREAM_INFLIGHT, InferenceService
 from serving.metrics import ServingMetrics
-from serving.repository import READY, Model, ModelVersion, Repository
-from serving.tensors import RequestSchema, TensorSpec
 
 FEATURES = 4
 

@@ -8,8 +8,7 @@ import pytest
 from model_repository.datatypes import BY_NUMPY, BY_WIRE
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
-from serving.errors import InvalidInputError
-from serving.tensors import (
+from serving.core.tensors import (
     CONTENTS_FIELD,
     PREDICT_DTYPE_OF,
     RequestSchema,
@@ -23,7 +22,8 @@ from serving.tensors import (
     requested_outputs,
     to_bytes,
 )
-from serving.tensors import top_k as top_k_indices
+from serving.core.tensors import top_k as top_k_indices
+from serving.errors import InvalidInputError
 
 IMAGE = TensorSpec("input", BY_WIRE["FP32"], (-1, 1, 8, 8))
 MODEL = "model 'mlp' v1"

@@ -35,8 +35,11 @@ from model_repository.signature import (
 from model_repository.verify import exported_by_us
 from protos import model_config_pb2 as mc
 from protos import predict_pb2
-from serving.batcher import Batcher, BatchingPolicy
 from serving.config import DEFAULT_MAX_QUEUE_SIZE, BatchingOverrides
+from serving.core.batcher import Batcher, BatchingPolicy
+from serving.core.runtime import CUDA, Runtime, metadata
+from serving.core.statistics import VersionStatistics
+from serving.core.tensors import RequestSchema, TensorSpec
 from serving.errors import (
     InvalidInputError,
     ModelLoadError,
@@ -46,9 +49,6 @@ from serving.errors import (
     ServingError,
     clip,
 )
-from serving.runtime import CUDA, Runtime, metadata
-from serving.statistics import VersionStatistics
-from serving.tensors import RequestSchema, TensorSpec
 
 if TYPE_CHECKING:
     from serving.metrics import ServingMetrics, VersionMetrics

@@ -23,18 +23,18 @@ from model_repository.signature import PLATFORM
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
-from serving.admission import Admission
-from serving.batcher import Outputs
-from serving.errors import InvalidInputError, ServingError, clip, status_code
-from serving.repository import READY, ModelVersion, Repository
-from serving.tensors import (
+from serving.core.admission import Admission
+from serving.core.batcher import Outputs
+from serving.core.corridor import abort_unresolved, count_unresolved, infer_unary
+from serving.core.repository import READY, ModelVersion, Repository
+from serving.core.tensors import (
     Decoded,
     TensorSpec,
     classification_strings,
     encode_bytes,
     requested_outputs,
 )
-from serving.unary import abort_unresolved, count_unresolved, infer_unary
+from serving.errors import InvalidInputError, ServingError, clip, status_code
 from serving.versions import parse_version
 
 if TYPE_CHECKING:

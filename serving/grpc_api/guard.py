@@ -28,7 +28,7 @@ from typing import Any
 
 import grpc
 
-from serving.admission import RETRY_AFTER_KEY, Admission, RefusalCounter
+from serving.core.admission import RETRY_AFTER_KEY, Admission, RefusalCounter
 from serving.errors import clip
 
 LOGGER = logging.getLogger(__name__)

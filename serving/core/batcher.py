@@ -40,6 +40,7 @@ from typing import Protocol
 
 import numpy as np
 
+from serving.core.statistics import VersionStatistics
 from serving.errors import (
     DeadlineExpiredError,
     ModelUnavailableError,
@@ -48,7 +49,6 @@ from serving.errors import (
     SettingsError,
 )
 from serving.metrics import NOOP_VERSION_METRICS
-from serving.statistics import VersionStatistics
 
 LOGGER = logging.getLogger(__name__)
 

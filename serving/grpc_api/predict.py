@@ -11,17 +11,17 @@ import grpc
 
 from model_repository.signature import PLATFORM
 from protos import predict_pb2, predict_pb2_grpc
-from serving.batcher import Outputs
-from serving.errors import InvalidInputError, ServingError, status_code
-from serving.repository import Model, ModelVersion, Repository
-from serving.tensors import (
+from serving.core.batcher import Outputs
+from serving.core.corridor import abort_unresolved, infer_unary
+from serving.core.repository import Model, ModelVersion, Repository
+from serving.core.tensors import (
     Decoded,
     TensorSpec,
     add_top_k,
     fill_predict_tensor,
     requested_outputs,
 )
-from serving.unary import abort_unresolved, infer_unary
+from serving.errors import InvalidInputError, ServingError, status_code
 
 if TYPE_CHECKING:
     from serving.control import WorkerControl

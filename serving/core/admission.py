@@ -31,7 +31,7 @@ from typing import Protocol
 
 from grpc._cython import cygrpc
 
-from serving.batcher import BatchingPolicy
+from serving.core.batcher import BatchingPolicy
 
 LOGGER = logging.getLogger(__name__)
 

@@ -15,11 +15,11 @@ from typing import TypeVar
 
 import grpc
 
-from serving.batcher import Outputs
+from serving.core.batcher import Outputs
+from serving.core.repository import ModelVersion, Repository
+from serving.core.tensors import Decoded
 from serving.errors import ServingError, status_code
 from serving.metrics import UNKNOWN_MODEL
-from serving.repository import ModelVersion, Repository
-from serving.tensors import Decoded
 
 LOGGER = logging.getLogger(__name__)
 
