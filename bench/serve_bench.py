@@ -203,7 +203,7 @@ def model_info(name: str) -> bytes:
 async def direct_server(port: int, repository: Path) -> None:
     """grpc.aio on uvloop whose Predict calls ``session.run`` itself: no batcher at all.
 
-    Each request is parsed, validated (``RequestSchema.decode_predict``, as the server does) and
+    Each request is parsed, validated (``RequestSchema.decode``, as the server does) and
     run alone in one
     worker thread with the server's session settings (1 intra-op thread), and its
     probabilities are returned; no queue, no merging, no metrics. This is the "no batching"
@@ -218,8 +218,10 @@ async def direct_server(port: int, repository: Path) -> None:
 
     from model_repository.datatypes import BY_WIRE
     from protos import predict_pb2
-    from serving.core.tensors import RequestSchema, TensorSpec, fill_predict_tensor
+    from serving.core.tensors import RequestSchema, TensorSpec
     from serving.errors import InvalidInputError
+    from serving.grpc_api.predict import inference_request
+    from serving.grpc_api.predict_tensors import fill_predict_tensor
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = 1
@@ -259,7 +261,7 @@ async def direct_server(port: int, repository: Path) -> None:
         if session is None:
             await context.abort(grpc.StatusCode.NOT_FOUND, f"model {message.model!r} not found")
         try:
-            array = schemas[message.model].decode_predict(message).arrays[0]
+            array = schemas[message.model].decode(inference_request(message).inputs).arrays[0]
         except InvalidInputError as error:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
         outputs = await loop.run_in_executor(executor, session.run, None, {"input": array})

@@ -23,7 +23,8 @@ import numpy as np
 
 from model_repository.datatypes import of_array
 from protos import predict_pb2, predict_pb2_grpc
-from serving.core.tensors import PREDICT_DTYPE_OF, array_from_predict, to_bytes
+from serving.core.tensors import to_bytes
+from serving.grpc_api.predict_tensors import PREDICT_DTYPE_OF, array_from_predict
 
 DEFAULT_TIMEOUT_SECONDS = 10.0
 

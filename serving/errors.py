@@ -11,7 +11,8 @@ Hierarchy::
     ├── ModelUnavailableError    UNAVAILABLE: loading, failed, or being unloaded
     ├── DeadlineExpiredError     DEADLINE_EXCEEDED: the caller's deadline passed while queued
     ├── ModelLoadError           INVALID_ARGUMENT: RepositoryModelLoad found a model it cannot serve
-    └── NotAllowedError          FAILED_PRECONDITION: model control outside explicit mode
+    ├── NotAllowedError          FAILED_PRECONDITION: model control outside explicit mode
+    └── InternalServingError     INTERNAL: a bug of ours met while serving (logged in full)
 
 Messages name what was received and what was expected, because they travel to the
 caller as the gRPC status details. Strings a client sent are echoed through ``clip`` and a
@@ -85,6 +86,10 @@ class NotAllowedError(ServingError):
     """A request the server's mode does not allow (model control while polling)."""
 
 
+class InternalServingError(ServingError):
+    """Something of ours failed while serving a request: never the client's mistake."""
+
+
 _STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     ModelNotFoundError: grpc.StatusCode.NOT_FOUND,
     InvalidInputError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -94,6 +99,7 @@ _STATUS_CODES: dict[type[ServingError], grpc.StatusCode] = {
     DeadlineExpiredError: grpc.StatusCode.DEADLINE_EXCEEDED,
     ModelLoadError: grpc.StatusCode.INVALID_ARGUMENT,
     NotAllowedError: grpc.StatusCode.FAILED_PRECONDITION,
+    InternalServingError: grpc.StatusCode.INTERNAL,
 }
 
 

@@ -17,6 +17,7 @@ from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict
 from serving.config import ServerSettings
 from serving.control import WorkerContext, WorkerControl
 from serving.core.admission import Admission, default_limit, sample_core_calls
+from serving.core.corridor import Corridor
 from serving.core.repository import Repository
 from serving.core.runtime import Runtime
 from serving.errors import SettingsError
@@ -110,6 +111,7 @@ class Server:
             settings.max_concurrent_rpcs or default_limit(()), refused=self.metrics
         )
         self.metrics.watch_admission(self.admission.in_server, lambda: self.admission.limit)
+        self.corridor = Corridor(self.repository, self.admission)
         self.loop_monitor = LoopMonitor(self.metrics.loop_lag)
         self._ready = False
         self.control = (
@@ -179,10 +181,10 @@ class Server:
             server
         )
         predict_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.repository, self.runtime.provider, self.control), guarded
+            PredictionService(self.corridor, self.runtime.provider, self.control), guarded
         )
         grpc_service_pb2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceService(self.repository, self.is_ready, self.admission, self.control),
+            InferenceService(self.corridor, self.is_ready, self.control),
             guarded,
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

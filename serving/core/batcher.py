@@ -116,8 +116,27 @@ class BatchingPolicy:
         return self.max_batch_size > 0
 
 
-class _Item:
-    __slots__ = ("deadline", "enqueued", "future", "inputs", "key", "rows")
+class Ticket:
+    """One queued request: its inputs, its future, and what the batcher measured for it.
+
+    The timings (seconds) are filled in before the future resolves: ``queue`` until its
+    execution started, ``gather`` joining the batch's inputs, ``infer`` the batch's
+    ``session.run``, ``scatter`` handing the rows back. The request path records them in
+    the statistics together with the request's outcome, in one step.
+    """
+
+    __slots__ = (
+        "deadline",
+        "enqueued",
+        "future",
+        "gather",
+        "infer",
+        "inputs",
+        "key",
+        "queue",
+        "rows",
+        "scatter",
+    )
 
     def __init__(
         self,
@@ -133,10 +152,11 @@ class _Item:
         self.enqueued = perf_counter()
         self.deadline = deadline
         self.future = future
+        self.queue = self.gather = self.infer = self.scatter = 0.0
 
 
 # (requests, rows, their inputs joined per model input, seconds spent joining them)
-_Job = tuple[list[_Item], int, list[np.ndarray], float]
+_Job = tuple[list[Ticket], int, list[np.ndarray], float]
 
 
 class Batcher:
@@ -156,7 +176,7 @@ class Batcher:
         self._run_fn = run
         self._metrics: BatchMetrics = metrics or NOOP_VERSION_METRICS
         self.statistics = statistics or VersionStatistics()
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Ticket] = deque()
         self._free = policy.instances
         # Batches to run, with the seconds it took to gather their inputs (None: a
         # worker's signal to stop); only ever as many as there are free instances.
@@ -201,8 +221,8 @@ class Batcher:
         rows: int,
         key: object = None,
         deadline: float | None = None,
-    ) -> asyncio.Future[Outputs]:
-        """Queue one request's validated inputs; the future gets its outputs.
+    ) -> Ticket:
+        """Queue one request's validated inputs; the ticket's future gets its outputs.
 
         ``rows`` is the request's batch rows; requests with different ``key`` (their
         shapes after the batch dimension) never share an execution. ``deadline`` is a
@@ -218,14 +238,14 @@ class Batcher:
                 f"{self.name} is overloaded: {len(queue)} requests are waiting, "
                 f"max_queue_size is {self.policy.max_queue_size}; retry later"
             )
-        future: asyncio.Future[Outputs] = self._loop.create_future()
-        queue.append(_Item(inputs, rows, key, deadline, future))
+        ticket = Ticket(inputs, rows, key, deadline, self._loop.create_future())
+        queue.append(ticket)
         self._admitted += 1
         self._metrics.queue_depth(len(queue))
         wakeup = self._wakeup
         if wakeup is not None and not wakeup.done():
             wakeup.set_result(None)
-        return future
+        return ticket
 
     async def close(self, timeout: float = 30.0) -> None:
         """Stop admitting, let queued and running requests finish, then stop the task."""
@@ -274,9 +294,9 @@ class Batcher:
             if items:
                 self._dispatch(items, rows)
 
-    async def _form_batch(self) -> tuple[list[_Item], int]:
+    async def _form_batch(self) -> tuple[list[Ticket], int]:
         policy = self.policy
-        items: list[_Item] = []
+        items: list[Ticket] = []
         if not policy.enabled:
             rows = self._take(items, 0, 0)  # limit 0: exactly one live request
             return items, rows
@@ -300,7 +320,7 @@ class Batcher:
                 break  # nothing else is waiting: do not tax the callers we have
         return items, rows
 
-    def _take(self, items: list[_Item], rows: int, limit: int) -> int:
+    def _take(self, items: list[Ticket], rows: int, limit: int) -> int:
         """Move live requests from the queue into ``items`` while they fit in ``limit``."""
         queue = self._queue
         now = perf_counter()
@@ -359,16 +379,14 @@ class Batcher:
             self._metrics.inflight(current - self._reported_inflight)
             self._reported_inflight = current
 
-    def _dispatch(self, items: list[_Item], rows: int) -> None:
+    def _dispatch(self, items: list[Ticket], rows: int) -> None:
         self._free -= 1
         assert self._idle is not None and self._loop is not None
         self._idle.clear()
         now = perf_counter()
-        statistics = self.statistics
         for item in items:
-            waited = now - item.enqueued
+            item.queue = waited = now - item.enqueued
             self._metrics.queue_wait(waited)
-            statistics.queued(waited)
         if len(items) == 1:
             batch = items[0].inputs
         else:
@@ -402,7 +420,7 @@ class Batcher:
 
     def _complete(
         self,
-        items: list[_Item],
+        items: list[Ticket],
         rows: int,
         outputs: Outputs,
         timings: tuple[float, float],
@@ -441,17 +459,22 @@ class Batcher:
         self._metrics.execution(rows, seconds)
         scattering = perf_counter()
         if len(items) == 1:
-            item = items[0]
-            if not item.future.done():
-                item.future.set_result(outputs)
+            parts = [outputs]
         else:
+            parts = []
             start = 0
             for item in items:
                 stop = start + item.rows
-                if not item.future.done():
-                    item.future.set_result([output[start:stop] for output in outputs])
+                parts.append([output[start:stop] for output in outputs])
                 start = stop
-        self.statistics.executed(rows, len(items), gathered, seconds, perf_counter() - scattering)
+        scattered = perf_counter() - scattering
+        for item, part in zip(items, parts, strict=True):
+            item.gather = gathered
+            item.infer = seconds
+            item.scatter = scattered
+            if not item.future.done():
+                item.future.set_result(part)
+        self.statistics.executed(rows, gathered, seconds, scattered)
 
     def _fail_queued(self, error: Exception) -> None:
         while self._queue:

@@ -37,6 +37,7 @@ from protos import model_config_pb2 as mc
 from protos import predict_pb2
 from serving.config import DEFAULT_MAX_QUEUE_SIZE, BatchingOverrides
 from serving.core.batcher import Batcher, BatchingPolicy
+from serving.core.inference import ChosenOutput
 from serving.core.runtime import CUDA, Runtime, metadata
 from serving.core.statistics import VersionStatistics
 from serving.core.tensors import RequestSchema, TensorSpec
@@ -135,9 +136,9 @@ class ModelVersion:
     schema: RequestSchema | None = None
     outputs: tuple[TensorSpec, ...] = ()
     output_index: dict[str, int] = field(default_factory=dict)
-    # (name, index, KServe datatype, 0) of every output, precomputed for the request path
-    # (0: no classification asked for).
-    kserve_outputs: list[tuple[str, int, str, int]] = field(default_factory=list)
+    # Every output as an answer carries it when none is named, precomputed for the request
+    # path (classification 0: the tensor itself).
+    all_outputs: list[ChosenOutput] = field(default_factory=list)
     # Labels per output index, from the config's label_filename or our metadata.
     output_labels: dict[int, tuple[str, ...]] = field(default_factory=dict)
     task: str = ""  # classification / regression, or "" for a model without a task
@@ -150,6 +151,11 @@ class ModelVersion:
     @property
     def description(self) -> str:
         return f"model '{self.name}' v{self.version}"
+
+    @property
+    def version_text(self) -> str:
+        """The version as KServe spells it (a string)."""
+        return str(self.version)
 
     @property
     def inputs(self) -> tuple[TensorSpec, ...]:
@@ -166,16 +172,6 @@ class ModelVersion:
     @property
     def labels(self) -> tuple[str, ...]:
         return self.output_labels.get(self.scores_output, ())
-
-    def finished(
-        self, api: str, code: str, seconds: float, rows: int, decode: float, encode: float
-    ) -> None:
-        """Account for one finished request in the metrics and the statistics."""
-        self.metrics.request_finished(api, code, seconds, rows)
-        if code == "OK":
-            self.statistics.succeeded(seconds, rows, decode, encode)
-        else:
-            self.statistics.failed(seconds)
 
 
 @dataclass
@@ -250,8 +246,8 @@ def open_version(
         TensorSpec(e.name, BY_CONFIG[e.data_type], (*lead, *e.dims)) for e in completed.output
     )
     version.output_index = {spec.name: i for i, spec in enumerate(version.outputs)}
-    version.kserve_outputs = [
-        (spec.name, i, spec.kserve_dtype, 0) for i, spec in enumerate(version.outputs)
+    version.all_outputs = [
+        ChosenOutput(spec.name, i, spec.kserve_dtype, 0) for i, spec in enumerate(version.outputs)
     ]
     _read_labels(version, completed, props, ours)
     version.properties = props

@@ -1,8 +1,13 @@
 """Per-version inference statistics with Triton's semantics (the ModelStatistics RPC).
 
-Kept apart from the Prometheus metrics because they must exist with ``--no-metrics`` too
-and are read as one consistent snapshot. Plain integers, touched only on the event loop
-thread (the batcher reports from there as well), so no locks.
+Kept apart from the Prometheus metrics because they must exist with ``--no-metrics`` too.
+They are one consistent snapshot, as in Triton: a request's success count and its four
+durations (queue, compute input, compute infer, compute output) are recorded together, in
+one step, when it is answered, so any read sees ``success.count == queue.count ==
+compute_input.count == compute_infer.count == compute_output.count`` (Triton's
+perf_analyzer refuses to run otherwise). A failed request counts only in ``fail``. Plain
+integers, touched only on the event loop thread (the batcher reports from there as well),
+so no locks.
 
 Triton's meaning of each figure, which ``/metrics`` agrees with for the same traffic:
 
@@ -10,7 +15,7 @@ Triton's meaning of each figure, which ``/metrics`` agrees with for the same tra
   (``success.count`` = ``d2lserve_requests_total{code="OK"}`` of the version).
 * ``queue``, ``compute_input``, ``compute_infer``, ``compute_output``: for successful
   requests, time waiting for the batcher, decoding plus gathering the inputs into the
-  batch, the batch's ``session.run``, and encoding the response.
+  batch, the batch's ``session.run``, and handing back the rows plus encoding the response.
 * ``inference_count``: rows of successful requests (``d2lserve_inferred_rows_total``);
   ``execution_count``: ``session.run`` calls (``d2lserve_executions_total``).
 * ``batch_stats``: per batch size, executions and their input/infer/output times.
@@ -80,17 +85,11 @@ class VersionStatistics:
 
     # -- reported by the batcher -----------------------------------------------------
 
-    def queued(self, seconds: float) -> None:
-        """A request left the queue for an execution after ``seconds``."""
-        self.queue.add(seconds)
-
-    def executed(
-        self, rows: int, requests: int, gather: float, infer: float, scatter: float
-    ) -> None:
-        """One execution of ``rows`` rows for ``requests`` requests finished.
+    def executed(self, rows: int, gather: float, infer: float, scatter: float) -> None:
+        """One execution of ``rows`` rows finished (``batch_stats``, ``execution_count``).
 
         ``gather``: joining the requests' inputs; ``infer``: ``session.run``; ``scatter``:
-        handing each request its rows.
+        handing each request its rows. The requests' own figures come with ``succeeded``.
         """
         self.execution_count += 1
         self.last_inference_ms = int(time.time() * 1000)
@@ -100,17 +99,25 @@ class VersionStatistics:
         batch.input.add(gather)
         batch.infer.add(infer)
         batch.output.add(scatter)
-        # Each request of the batch waited for the whole execution.
-        self.compute_infer.add(infer, requests)
-        self.compute_input.ns += int(gather * _NS) * requests
 
-    # -- reported by the request path ------------------------------------------------
+    # -- reported by the request path, once per request ------------------------------
 
-    def succeeded(self, seconds: float, rows: int, decode: float, encode: float) -> None:
+    def succeeded(
+        self,
+        seconds: float,
+        rows: int,
+        queue: float,
+        compute_input: float,
+        compute_infer: float,
+        compute_output: float,
+    ) -> None:
+        """A request answered OK: every count moves by one, together."""
         self.success.add(seconds)
         self.inference_count += rows
-        self.compute_input.add(decode)
-        self.compute_output.add(encode)
+        self.queue.add(queue)
+        self.compute_input.add(compute_input)
+        self.compute_infer.add(compute_infer)
+        self.compute_output.add(compute_output)
 
     def failed(self, seconds: float) -> None:
         self.fail.add(seconds)

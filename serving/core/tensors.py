@@ -1,9 +1,11 @@
-"""Tensors on the wire: decoding requests with validation, encoding outputs.
+"""Tensors in the corridor: a request's inputs checked against the model, outputs encoded.
 
-Fixed-size types are read with ``np.frombuffer`` straight from the request's bytes (no
-copy). BYTES tensors use the KServe v2 / Triton binary form, each element a 4-byte
-little-endian length followed by its bytes, in raw contents and in our Predict API alike.
-Every check names what was received and what the model expects.
+``RequestSchema.decode`` takes the protocol-free ``InputTensor``s a door made and returns
+the model's input arrays, or raises InvalidInputError naming what was received and what
+the model expects; every door validates through it. Fixed-size types are read with
+``np.frombuffer`` straight from the request's bytes (no copy). BYTES tensors use the
+KServe v2 / Triton binary form, each element a 4-byte little-endian length followed by its
+bytes (gRPC raw contents, HTTP binary tensors and our Predict API alike).
 """
 
 from __future__ import annotations
@@ -12,49 +14,15 @@ import math
 import struct
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
-from google.protobuf.internal.containers import RepeatedCompositeFieldContainer
 
-from model_repository.datatypes import BY_WIRE, DataType
-from protos import grpc_service_pb2, predict_pb2
+from model_repository.datatypes import DataType
 from serving.errors import InvalidInputError, clip
 
-# Our Predict API's dtype enum <-> wire type.
-PREDICT_DTYPES: dict[int, DataType] = {
-    predict_pb2.FLOAT32: BY_WIRE["FP32"],
-    predict_pb2.FLOAT64: BY_WIRE["FP64"],
-    predict_pb2.FLOAT16: BY_WIRE["FP16"],
-    predict_pb2.INT8: BY_WIRE["INT8"],
-    predict_pb2.INT16: BY_WIRE["INT16"],
-    predict_pb2.INT32: BY_WIRE["INT32"],
-    predict_pb2.INT64: BY_WIRE["INT64"],
-    predict_pb2.UINT8: BY_WIRE["UINT8"],
-    predict_pb2.UINT16: BY_WIRE["UINT16"],
-    predict_pb2.UINT32: BY_WIRE["UINT32"],
-    predict_pb2.UINT64: BY_WIRE["UINT64"],
-    predict_pb2.BOOL: BY_WIRE["BOOL"],
-    predict_pb2.BYTES: BY_WIRE["BYTES"],
-}
-PREDICT_DTYPE_OF: dict[str, int] = {t.wire: k for k, t in PREDICT_DTYPES.items()}
-
-# The InferTensorContents field that carries each datatype's typed values (Triton's
-# mapping; FP16 has none and must travel as raw contents).
-CONTENTS_FIELD = {
-    "BOOL": "bool_contents",
-    "INT8": "int_contents",
-    "INT16": "int_contents",
-    "INT32": "int_contents",
-    "INT64": "int64_contents",
-    "UINT8": "uint_contents",
-    "UINT16": "uint_contents",
-    "UINT32": "uint_contents",
-    "UINT64": "uint64_contents",
-    "FP32": "fp32_contents",
-    "FP64": "fp64_contents",
-    "BYTES": "bytes_contents",
-}
+if TYPE_CHECKING:
+    from serving.core.inference import InputTensor
 
 _LENGTH = struct.Struct("<I")
 
@@ -84,10 +52,6 @@ class TensorSpec:
     @property
     def kserve_dtype(self) -> str:
         return self.datatype.wire
-
-    @property
-    def predict_dtype(self) -> int:
-        return PREDICT_DTYPE_OF[self.datatype.wire]
 
     def describe_shape(self, batched: bool = True) -> str:
         dims = [("batch" if batched and i == 0 else "?") if d < 0 else str(d)
@@ -197,96 +161,54 @@ class RequestSchema:
         key = tuple(a.shape[1:] for a in done) if self.dynamic else None
         return Decoded(done, rows_seen[0] if rows_seen else 1, key)
 
-    def _slot(self, name: str, arrays: list[np.ndarray | None]) -> int:
+    def _slot(self, name: str | None, arrays: list[np.ndarray | None]) -> int:
+        if name is None:  # the input of a single-input model, sent without its name
+            if len(self.inputs) != 1:
+                raise InvalidInputError(
+                    f"{self.model} has inputs {self.expected_names()}; send them by name"
+                )
+            name = self.inputs[0].name
         position = self.index.get(name)
         if position is None:
             raise InvalidInputError(
-                f"request has input '{name}'; {self.model} expects {self.expected_names()}"
+                f"request has input '{clip(name)}'; {self.model} expects {self.expected_names()}"
             )
         if arrays[position] is not None:
-            raise InvalidInputError(f"request has input '{name}' twice")
+            raise InvalidInputError(f"request has input '{clip(name)}' twice")
         return position
 
-    def decode_kserve(self, request: grpc_service_pb2.ModelInferRequest) -> Decoded:
-        """The validated inputs of a KServe ModelInferRequest (raw or typed contents)."""
-        tensors = request.inputs
-        raw = request.raw_input_contents
-        if len(self.inputs) == 1 and len(tensors) == 1 and len(raw) == 1:
-            # The common case (one input, raw contents), without the bookkeeping of many.
-            tensor = tensors[0]
-            spec = self.inputs[0]
-            if tensor.name == spec.name and tensor.datatype == spec.datatype.wire:
-                shape = tuple(tensor.shape)
+    def decode(self, tensors: Sequence[InputTensor]) -> Decoded:
+        """The validated inputs of a request, in the model's input order."""
+        specs = self.inputs
+        if len(specs) == 1 and len(tensors) == 1:
+            # The common case (one input, sent right), without the bookkeeping of many.
+            name, datatype, shape, data = tensors[0]
+            spec = specs[0]
+            if (name is None or name == spec.name) and datatype == spec.datatype.wire:
                 rows = self.check_shape(shape, spec)
-                array = from_bytes(raw[0], spec.datatype, shape, spec.name)
+                array = to_array(data, spec.datatype, shape, spec.name)
                 self.check_finite(array, spec)
                 return Decoded([array], rows, (shape[1:],) if self.dynamic else None)
-        if len(tensors) != len(self.inputs):
-            names = [t.name for t in tensors]
+        if len(tensors) > len(specs):
+            names = [clip(t.name) if t.name is not None else "(unnamed)" for t in tensors]
             raise InvalidInputError(
                 f"request has inputs {names}; {self.model} expects {self.expected_names()}"
             )
-        if raw and len(raw) != len(tensors):
-            raise InvalidInputError(
-                f"request has {len(raw)} raw_input_contents entries for {len(tensors)} inputs; "
-                "send raw contents for every input or for none"
-            )
-        arrays: list[np.ndarray | None] = [None] * len(self.inputs)
-        rows_seen = [0] * len(self.inputs)
-        for number, tensor in enumerate(tensors):
-            position = self._slot(tensor.name, arrays)
-            spec = self.inputs[position]
-            if tensor.datatype != spec.datatype.wire:
+        arrays: list[np.ndarray | None] = [None] * len(specs)
+        rows_seen = [0] * len(specs)
+        for name, datatype, shape, data in tensors:
+            position = self._slot(name, arrays)
+            spec = specs[position]
+            if datatype != spec.datatype.wire:
                 raise InvalidInputError(
-                    f"input '{spec.name}' has datatype {clip(tensor.datatype) or '(empty)'}; "
+                    f"input '{spec.name}' has datatype {clip(datatype) or '(empty)'}; "
                     f"{self.model} expects {spec.datatype.wire}"
                 )
-            shape = tuple(tensor.shape)
             rows_seen[position] = self.check_shape(shape, spec)
-            if raw:
-                array = from_bytes(raw[number], spec.datatype, shape, spec.name)
-            else:
-                array = from_contents(tensor.contents, spec.datatype, shape, spec.name)
+            array = to_array(data, spec.datatype, shape, spec.name)
             self.check_finite(array, spec)
             arrays[position] = array
         return self._finish(arrays, rows_seen)
-
-    def decode_predict(self, request: predict_pb2.PredictRequest) -> Decoded:
-        """The validated inputs of a PredictRequest (``input`` or named ``inputs``)."""
-        named: Iterable[tuple[str, predict_pb2.Tensor]]
-        if request.inputs:
-            if request.HasField("input"):
-                raise InvalidInputError("request sets both 'input' and 'inputs'; use one")
-            named = request.inputs.items()
-        elif len(self.inputs) == 1:
-            named = ((self.inputs[0].name, request.input),)
-        else:
-            raise InvalidInputError(
-                f"{self.model} has inputs {self.expected_names()}; send them by name in 'inputs'"
-            )
-        arrays: list[np.ndarray | None] = [None] * len(self.inputs)
-        rows_seen = [0] * len(self.inputs)
-        for name, tensor in named:
-            position = self._slot(name, arrays)
-            spec = self.inputs[position]
-            datatype = PREDICT_DTYPES.get(tensor.dtype)
-            if datatype is not spec.datatype:
-                raise InvalidInputError(
-                    f"input '{spec.name}' has dtype {_predict_dtype_name(tensor.dtype)}; "
-                    f"{self.model} expects {predict_pb2.DataType.Name(spec.predict_dtype)}"
-                )
-            shape = tuple(tensor.shape)
-            rows_seen[position] = self.check_shape(shape, spec)
-            array = from_bytes(tensor.data, datatype, shape, spec.name)
-            self.check_finite(array, spec)
-            arrays[position] = array
-        return self._finish(arrays, rows_seen)
-
-
-def _predict_dtype_name(value: int) -> str:
-    if value in PREDICT_DTYPES or value == 0:
-        return predict_pb2.DataType.Name(value)
-    return str(value)
 
 
 def shape_text(shape: Sequence[int]) -> str:
@@ -347,36 +269,84 @@ def _decode_bytes_elements(data: bytes, count: int, name: str) -> np.ndarray:
     return elements
 
 
-def from_contents(
-    contents: grpc_service_pb2.InferTensorContents,
+def to_array(
+    data: bytes | memoryview | np.ndarray | Sequence[object] | None,
     datatype: DataType,
     shape: Sequence[int],
     name: str,
 ) -> np.ndarray:
-    """An array of ``shape`` from KServe's typed contents."""
-    field_name = CONTENTS_FIELD.get(datatype.wire)
-    if field_name is None:
-        raise InvalidInputError(
-            f"input '{name}' is {datatype.wire}, which has no typed contents field; send it "
-            "in raw_input_contents"
+    """An array of ``shape`` from what a door received (see ``InputTensor.data``)."""
+    if isinstance(data, bytes | memoryview):
+        return from_bytes(data, datatype, shape, name)
+    if data is None:
+        raise InputDataError(name, datatype)
+    if isinstance(data, np.ndarray) and not datatype.is_bytes:
+        count = math.prod(shape)
+        if data.size != count:
+            raise InvalidInputError(
+                f"input '{name}' has {data.size} values; shape {shape_text(shape)} needs {count}"
+            )
+        if data.dtype != datatype.numpy:
+            raise InvalidInputError(
+                f"input '{name}' holds {data.dtype.name} values; {datatype.wire} expected"
+            )
+        return data.reshape(shape)
+    return from_values(data, datatype, shape, name)
+
+
+class InputDataError(InvalidInputError):
+    """An input whose encoding cannot carry its datatype (FP16 as typed values)."""
+
+    def __init__(self, name: str, datatype: DataType) -> None:
+        super().__init__(
+            f"input '{name}' is {datatype.wire}, which cannot be sent as typed values; send "
+            "its little-endian bytes (raw_input_contents, or a binary tensor over HTTP)"
         )
-    values = getattr(contents, field_name)
+
+
+def from_values(
+    values: Sequence[object] | np.ndarray, datatype: DataType, shape: Sequence[int], name: str
+) -> np.ndarray:
+    """An array of ``shape`` from typed values (KServe ``contents``, JSON ``data``)."""
     count = math.prod(shape)
+    if isinstance(values, np.ndarray):
+        values = values.reshape(-1)
     if len(values) != count:
         raise InvalidInputError(
-            f"input '{name}' has {len(values)} values in contents.{field_name}; shape "
-            f"{shape_text(shape)} needs {count}"
+            f"input '{name}' has {len(values)} values; shape {shape_text(shape)} needs {count}"
         )
     if datatype.is_bytes:
-        return _decode_bytes_elements(
-            b"".join(_LENGTH.pack(len(v)) + v for v in values), count, name
-        ).reshape(shape)
+        elements = np.empty(count, dtype=object)
+        for i, value in enumerate(values):
+            elements[i] = _text(value, name, i)
+        return elements.reshape(shape)
     try:
         return np.asarray(values, dtype=datatype.numpy).reshape(shape)
     except OverflowError as error:
         raise InvalidInputError(
             f"input '{name}' has a value outside the range of {datatype.wire}: {error}"
         ) from error
+    except (TypeError, ValueError) as error:
+        raise InvalidInputError(
+            f"input '{name}' has values that are not {datatype.wire}: {clip(str(error))}"
+        ) from error
+
+
+def _text(value: object, name: str, index: int) -> str:
+    """One BYTES element as the str ONNX Runtime's string tensors take."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bytes | bytearray | memoryview):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as error:
+            raise InvalidInputError(
+                f"input '{name}' BYTES element {index} is not UTF-8 ({error.reason} at byte "
+                f"{error.start}); ONNX string tensors hold UTF-8 text"
+            ) from error
+    raise InvalidInputError(
+        f"input '{name}' BYTES element {index} is {type(value).__name__}; expected a string"
+    )
 
 
 def encode_bytes(array: np.ndarray) -> bytes:
@@ -396,49 +366,11 @@ def to_bytes(array: np.ndarray) -> bytes:
     return array.tobytes()
 
 
-def fill_predict_tensor(tensor: predict_pb2.Tensor, array: np.ndarray, datatype: DataType) -> None:
-    """Write ``array`` into a response's Tensor field in place.
-
-    Building a Tensor and passing it to the response constructor copies it once more.
-    """
-    tensor.shape.extend(array.shape)
-    tensor.dtype = PREDICT_DTYPE_OF[datatype.wire]
-    tensor.data = to_bytes(array)
-
-
-def array_from_predict(tensor: predict_pb2.Tensor) -> np.ndarray:
-    """The client side of ``fill_predict_tensor`` (no validation beyond the byte length)."""
-    datatype = PREDICT_DTYPES[tensor.dtype]
-    return from_bytes(tensor.data, datatype, tuple(tensor.shape), "output")
-
-
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
     """Indices of the ``k`` highest scores per row, best first (ties: lower index first)."""
     if k == 1:
         return scores.argmax(axis=1)[:, None]
     return np.argsort(-scores, axis=1, kind="stable")[:, :k]
-
-
-def add_top_k(
-    rows: RepeatedCompositeFieldContainer[predict_pb2.RowTopK],
-    scores: np.ndarray,
-    k: int,
-    labels: Sequence[str],
-) -> None:
-    """Append, per row, the ``k`` best classes with label and score, best first.
-
-    Filled in place with ``add()``: building RowTopK/ClassScore messages first and passing
-    them to the response copies each one twice.
-    """
-    values = scores.tolist()  # one conversion; per-element indexing is slower
-    if k == 1:
-        for row, index in zip(values, scores.argmax(axis=1).tolist(), strict=True):
-            rows.add().classes.add(label=labels[index], index=index, score=row[index])
-        return
-    for row, indices in zip(values, top_k(scores, k).tolist(), strict=True):
-        classes = rows.add().classes
-        for index in indices:
-            classes.add(label=labels[index], index=index, score=row[index])
 
 
 def classification_strings(

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import sys
 from collections import deque
 from collections.abc import AsyncIterator, Callable
 from time import perf_counter
@@ -23,18 +22,12 @@ from model_repository.signature import PLATFORM
 from protos import grpc_service_pb2 as pb
 from protos import grpc_service_pb2_grpc
 from serving import __version__
-from serving.core.admission import Admission
-from serving.core.batcher import Outputs
-from serving.core.corridor import abort_unresolved, count_unresolved, infer_unary
-from serving.core.repository import READY, ModelVersion, Repository
-from serving.core.tensors import (
-    Decoded,
-    TensorSpec,
-    classification_strings,
-    encode_bytes,
-    requested_outputs,
-)
+from serving.core.corridor import Call, Corridor
+from serving.core.inference import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
+from serving.core.repository import READY
+from serving.core.tensors import TensorSpec, to_bytes
 from serving.errors import InvalidInputError, ServingError, clip, status_code
+from serving.grpc_api.status import abort_with, deadline_of
 from serving.versions import parse_version
 
 if TYPE_CHECKING:
@@ -48,9 +41,22 @@ EXTENSIONS = ["classification", "model_repository", "model_configuration", "stat
 UNARY = "kserve"
 STREAM = "stream"
 
-
-# (name, index, datatype, classification k or 0) of an output a request asks for.
-Chosen = list[tuple[str, int, str, int]]
+# The InferTensorContents field that carries each datatype's typed values (Triton's
+# mapping; FP16 has none and must travel as raw contents).
+CONTENTS_FIELD = {
+    "BOOL": "bool_contents",
+    "INT8": "int_contents",
+    "INT16": "int_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "UINT8": "uint_contents",
+    "UINT16": "uint_contents",
+    "UINT32": "uint_contents",
+    "UINT64": "uint64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    "BYTES": "bytes_contents",
+}
 
 
 def _classification_count(output: pb.ModelInferRequest.InferRequestedOutputTensor) -> int:
@@ -73,52 +79,67 @@ def _classification_count(output: pb.ModelInferRequest.InferRequestedOutputTenso
     return count
 
 
-def _requested_outputs(request: pb.ModelInferRequest, version: ModelVersion) -> Chosen:
-    """The outputs to return: the requested ones, else all."""
-    if not request.outputs:
-        return version.kserve_outputs
-    chosen = []
-    for output in request.outputs:
-        (index,) = requested_outputs(version.output_index, (output.name,), version.description)
-        count = _classification_count(output)
-        datatype = "BYTES" if count else version.outputs[index].kserve_dtype
-        chosen.append((output.name, index, datatype, count))
-    return chosen
+def _typed_values(tensor: pb.ModelInferRequest.InferInputTensor) -> object:
+    """A tensor's typed ``contents`` values for its datatype (None: it has no such field)."""
+    field = CONTENTS_FIELD.get(tensor.datatype)
+    return None if field is None else getattr(tensor.contents, field)
 
 
-def decode_infer_request(
-    request: pb.ModelInferRequest, version: ModelVersion
-) -> tuple[Decoded, Chosen]:
-    """The validated inputs of a ModelInferRequest and the outputs it asks for."""
-    chosen = _requested_outputs(request, version)
-    assert version.schema is not None
-    return version.schema.decode_kserve(request), chosen
+def request_inputs(request: pb.ModelInferRequest) -> list[InputTensor]:
+    """A ModelInferRequest's inputs as the corridor takes them (raw or typed contents)."""
+    tensors = request.inputs
+    raw = request.raw_input_contents
+    if not raw:
+        return [InputTensor(t.name, t.datatype, tuple(t.shape), _typed_values(t)) for t in tensors]
+    if len(raw) != len(tensors):
+        raise InvalidInputError(
+            f"request has {len(raw)} raw_input_contents entries for {len(tensors)} "
+            "inputs; send raw contents for every input or for none"
+        )
+    return [
+        InputTensor(t.name, t.datatype, tuple(t.shape), data)
+        for t, data in zip(tensors, raw, strict=True)
+    ]
 
 
-def fill_infer_response(
-    response: pb.ModelInferResponse,
-    version: ModelVersion,
-    outputs: Outputs,
-    chosen: Chosen,
-    request_id: str,
-) -> None:
-    """Write the outputs into ``response`` in place.
+def inference_request(request: pb.ModelInferRequest) -> InferenceRequest:
+    """The corridor's request for a ModelInferRequest (nothing is judged here but the form)."""
+    return InferenceRequest(
+        request.model_name,
+        parse_version(request.model_version),
+        request_inputs(request),
+        [RequestedOutput(o.name, _classification_count(o)) for o in request.outputs],
+        request.id,
+    )
+
+
+def fill_infer_response(response: pb.ModelInferResponse, result: InferenceResult) -> None:
+    """Write the answer into ``response`` in place.
 
     A stream's response embeds its ModelInferResponse: filling it there avoids building
     one and copying it in.
     """
+    version = result.version
     response.model_name = version.name
-    response.model_version = str(version.version)
-    response.id = request_id
+    response.model_version = version.version_text
+    response.id = result.request_id
     tensors = response.outputs
     raw = response.raw_output_contents
-    for name, index, datatype, count in chosen:
-        array = outputs[index]
-        if count:
-            labels = version.output_labels.get(index, ())
-            array = classification_strings(array, count, labels, version.batched)
+    for name, datatype, array in result.tensors():
         tensors.add(name=name, datatype=datatype, shape=array.shape)
-        raw.append(array.tobytes() if array.dtype.kind != "O" else encode_bytes(array))
+        raw.append(to_bytes(array))
+
+
+def infer_response(result: InferenceResult) -> pb.ModelInferResponse:
+    response = pb.ModelInferResponse()
+    fill_infer_response(response, result)
+    return response
+
+
+def stream_response(result: InferenceResult) -> pb.ModelStreamInferResponse:
+    response = pb.ModelStreamInferResponse()
+    fill_infer_response(response.infer_response, result)
+    return response
 
 
 def _tensor_metadata(spec: TensorSpec) -> pb.ModelMetadataResponse.TensorMetadata:
@@ -170,67 +191,21 @@ class _Stream:
             room.set_result(None)
 
 
-class _Pending:
-    """One stream request in the batcher; its response is made when its batch finishes."""
+def _answer_when_done(stream: _Stream, call: Call) -> None:
+    """Queue the response (or error) of a stream request once its batch is done."""
 
-    __slots__ = ("decoding", "names", "request_id", "rows", "started", "stream", "version")
-
-    def __init__(
-        self,
-        stream: _Stream,
-        version: ModelVersion,
-        names: Chosen,
-        request_id: str,
-        rows: int,
-        started: float,
-        decoding: float,
-    ) -> None:
-        self.stream = stream
-        self.version = version
-        self.names = names
-        self.request_id = request_id
-        self.rows = rows
-        self.started = started
-        self.decoding = decoding
-
-    def finish(self, future: asyncio.Future) -> None:
-        """Done callback of the batcher future: queue the response (or error) to write."""
-        stream = self.stream
+    def done(future: asyncio.Future) -> None:
         stream.running.discard(future)
-        version = self.version
-        code = "OK"
-        encoding = 0.0
         try:
-            if future.cancelled():  # the stream ended first; nobody to answer
-                code = "CANCELLED"
-                return
-            error = future.exception()
-            if error is None:
-                encoded = perf_counter()
-                response = pb.ModelStreamInferResponse()
-                fill_infer_response(
-                    response.infer_response, version, future.result(), self.names, self.request_id
-                )
-                encoding = perf_counter() - encoded
-                version.metrics.encode(encoding)
-                stream.respond(response)
-            elif isinstance(error, ServingError):
-                code = status_code(error).name
-                stream.respond(_stream_error(str(error), self.request_id))
-            else:
-                raise error
-        except Exception as error:  # never lose a response: the writer counts on it
-            code = "INTERNAL"
-            LOGGER.error(
-                "event=stream_infer_failed model=%s error=%r",
-                version.description,
-                error,
-                exc_info=error,
-            )
-            stream.respond(_stream_error(f"{version.description}: {error}", self.request_id))
-        finally:
-            seconds = perf_counter() - self.started
-            version.finished(STREAM, code, seconds, self.rows, self.decoding, encoding)
+            response = call.answer(stream_response)
+        except asyncio.CancelledError:  # the stream ended first; nobody to answer
+            return
+        except ServingError as error:
+            response = _stream_error(str(error), call.request.id)
+        stream.respond(response)
+
+    stream.running.add(call.future)
+    call.future.add_done_callback(done)
 
 
 def _stream_error(message: str, request_id: str) -> pb.ModelStreamInferResponse:
@@ -245,15 +220,13 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
 
     def __init__(
         self,
-        repository: Repository,
+        corridor: Corridor,
         ready: Callable[[], bool],
-        admission: Admission | None = None,
         control: WorkerControl | None = None,
     ) -> None:
-        self._repository = repository
+        self._corridor = corridor
+        self._repository = corridor.repository
         self._ready = ready
-        # Stream messages take slots of the server-wide admission, like unary calls.
-        self._admission = admission or Admission(sys.maxsize)
         self._control = control  # --workers N: statistics and model control over all workers
 
     async def ServerLive(
@@ -303,26 +276,17 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         started = perf_counter()
+        corridor = self._corridor
         try:
-            version = self._repository.resolve(
-                request.model_name, parse_version(request.model_version)
+            inference = inference_request(request)
+        except ServingError as error:
+            return await abort_with(context, corridor.refused(UNARY, request.model_name, error))
+        try:
+            return await corridor.infer(
+                UNARY, inference, infer_response, deadline_of(context, started), started
             )
         except ServingError as error:
-            await abort_unresolved(self._repository, UNARY, request.model_name, error, context)
-
-        def respond(outputs: Outputs, names: Chosen) -> pb.ModelInferResponse:
-            response = pb.ModelInferResponse()
-            fill_infer_response(response, version, outputs, names, request.id)
-            return response
-
-        return await infer_unary(
-            UNARY,
-            version,
-            context,
-            started,
-            lambda: decode_infer_request(request, version),
-            respond,
-        )
+            return await abort_with(context, error)
 
     async def ModelStreamInfer(
         self,
@@ -367,50 +331,28 @@ class InferenceService(grpc_service_pb2_grpc.GRPCInferenceServiceServicer):
         Whatever goes wrong answers this request (its id kept) and the stream goes on: a
         request left unanswered would keep the writer waiting for ever.
         """
-        admission = self._admission
+        corridor = self._corridor
+        admission = corridor.admission
         if not admission.try_acquire(STREAM):
             stream.respond(_stream_error(admission.refusal(), request.id))
             return
         try:
-            future = self._queue(request, stream)
+            try:
+                inference = inference_request(request)
+            except ServingError as error:
+                raise corridor.refused(STREAM, request.model_name, error) from None
+            call = corridor.begin(STREAM, inference, None)
+        except ServingError as error:
+            admission.release()
+            stream.respond(_stream_error(str(error), request.id))
+            return
         except Exception as error:  # a bug here must not hang the stream
+            admission.release()
             LOGGER.error("event=stream_admit_failed error=%r", error, exc_info=error)
             stream.respond(_stream_error(f"internal error: {error!r}", request.id))
-            future = None
-        if future is None:
-            admission.release()
-        else:
-            future.add_done_callback(lambda _: admission.release())
-
-    def _queue(self, request: pb.ModelInferRequest, stream: _Stream) -> asyncio.Future | None:
-        """Queue one stream request; None when it was answered with an error at once."""
-        started = perf_counter()
-        try:
-            version = self._repository.resolve(
-                request.model_name, parse_version(request.model_version)
-            )
-        except ServingError as error:
-            count_unresolved(self._repository, STREAM, request.model_name, error)
-            stream.respond(_stream_error(str(error), request.id))
-            return None
-        rows = 0
-        decoding = 0.0
-        try:
-            inputs, names = decode_infer_request(request, version)
-            rows = inputs.rows
-            decoding = perf_counter() - started
-            version.metrics.decode(decoding)
-            assert version.batcher is not None
-            future = version.batcher.submit(inputs.arrays, rows, inputs.key, None)
-        except ServingError as error:
-            code = status_code(error).name
-            version.finished(STREAM, code, perf_counter() - started, rows, decoding, 0.0)
-            stream.respond(_stream_error(str(error), request.id))
-            return None
-        stream.running.add(future)
-        pending = _Pending(stream, version, names, request.id, rows, started, decoding)
-        future.add_done_callback(pending.finish)
-        return future
+            return
+        call.future.add_done_callback(lambda _: admission.release())
+        _answer_when_done(stream, call)
 
     # -- Triton's extensions ---------------------------------------------------------
 

@@ -11,17 +11,18 @@ import grpc
 
 from model_repository.signature import PLATFORM
 from protos import predict_pb2, predict_pb2_grpc
-from serving.core.batcher import Outputs
-from serving.core.corridor import abort_unresolved, infer_unary
-from serving.core.repository import Model, ModelVersion, Repository
-from serving.core.tensors import (
-    Decoded,
-    TensorSpec,
+from serving.core.corridor import Corridor
+from serving.core.inference import InferenceRequest, InferenceResult, InputTensor, RequestedOutput
+from serving.core.repository import Model, ModelVersion
+from serving.core.tensors import TensorSpec
+from serving.errors import InvalidInputError, ServingError, status_code
+from serving.grpc_api.predict_tensors import (
+    PREDICT_DTYPE_OF,
     add_top_k,
     fill_predict_tensor,
-    requested_outputs,
+    wire_name,
 )
-from serving.errors import InvalidInputError, ServingError, status_code
+from serving.grpc_api.status import abort_with, deadline_of
 
 if TYPE_CHECKING:
     from serving.control import WorkerControl
@@ -36,11 +37,12 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
 
     def __init__(
         self,
-        repository: Repository,
+        corridor: Corridor,
         execution_provider: str,
         control: WorkerControl | None = None,
     ) -> None:
-        self._repository = repository
+        self._corridor = corridor
+        self._repository = corridor.repository
         self._provider = execution_provider
         self._control = control  # --workers N: statistics summed over all workers
 
@@ -48,30 +50,17 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
         self, request: predict_pb2.PredictRequest, context: grpc.aio.ServicerContext
     ) -> predict_pb2.PredictResponse:
         started = perf_counter()
+        corridor = self._corridor
         try:
-            version = self._repository.resolve(request.model, request.version)
+            inference = inference_request(request)
         except ServingError as error:
-            await abort_unresolved(self._repository, API, request.model, error, context)
-
-        def prepare() -> tuple[Decoded, tuple[int, list[int]]]:
-            assert version.schema is not None
-            inputs = version.schema.decode_predict(request)
-            chosen = requested_outputs(version.output_index, request.outputs, version.description)
-            top_k = request.top_k or 1
-            if version.classifier and not chosen and top_k > len(version.labels):
-                raise InvalidInputError(
-                    f"top_k is {top_k}; {version.description} has {len(version.labels)} classes"
-                )
-            return inputs, (top_k, chosen)
-
-        return await infer_unary(
-            API,
-            version,
-            context,
-            started,
-            prepare,
-            lambda outputs, state: predict_response(version, outputs, *state),
-        )
+            return await abort_with(context, corridor.refused(API, request.model, error))
+        try:
+            return await corridor.infer(
+                API, inference, predict_response, deadline_of(context, started), started
+            )
+        except ServingError as error:
+            return await abort_with(context, error)
 
     async def ListModels(
         self, request: predict_pb2.ListModelsRequest, context: grpc.aio.ServicerContext
@@ -155,34 +144,57 @@ class PredictionService(predict_pb2_grpc.PredictionServiceServicer):
 
 
 def _tensor_spec(spec: TensorSpec) -> predict_pb2.TensorSpec:
-    return predict_pb2.TensorSpec(name=spec.name, dtype=spec.predict_dtype, shape=spec.shape)
+    return predict_pb2.TensorSpec(
+        name=spec.name, dtype=PREDICT_DTYPE_OF[spec.kserve_dtype], shape=spec.shape
+    )
 
 
-def predict_response(
-    version: ModelVersion, outputs: Outputs, top_k: int, chosen: list[int]
-) -> predict_pb2.PredictResponse:
+def _input(name: str | None, tensor: predict_pb2.Tensor) -> InputTensor:
+    return InputTensor(name, wire_name(tensor.dtype), tuple(tensor.shape), tensor.data)
+
+
+def request_inputs(request: predict_pb2.PredictRequest) -> list[InputTensor]:
+    """A PredictRequest's inputs as the corridor takes them (``input``: the only one)."""
+    if not request.inputs:
+        return [_input(None, request.input)]
+    if request.HasField("input"):
+        raise InvalidInputError("request sets both 'input' and 'inputs'; use one")
+    return [_input(name, tensor) for name, tensor in request.inputs.items()]
+
+
+def inference_request(request: predict_pb2.PredictRequest) -> InferenceRequest:
+    """The corridor's request for a PredictRequest."""
+    return InferenceRequest(
+        request.model,
+        request.version,
+        request_inputs(request),
+        [RequestedOutput(name) for name in request.outputs],
+        top_k=request.top_k or 1,
+    )
+
+
+def predict_response(result: InferenceResult) -> predict_pb2.PredictResponse:
     """The answer to a Predict call.
 
     The outputs asked for by name; else a classifier's scores and top-k labels, a
     regression's predictions, or every output of a model without a task.
     """
+    version = result.version
+    outputs = result.outputs
     response = predict_pb2.PredictResponse(model=version.name, version=version.version)
     specs = version.outputs
-    if not chosen:
+    if result.chosen is version.all_outputs:  # no output named
         if version.classifier:
             scores = outputs[version.scores_output]
             fill_predict_tensor(
                 response.probabilities, scores, specs[version.scores_output].datatype
             )
-            add_top_k(response.top_k, scores, top_k, version.labels)
+            add_top_k(response.top_k, scores, result.top_k, version.labels)
             return response
         if version.prediction_output >= 0:
             index = version.prediction_output
             fill_predict_tensor(response.predictions, outputs[index], specs[index].datatype)
             return response
-        chosen = list(range(len(specs)))
-    for index in chosen:
-        fill_predict_tensor(
-            response.outputs[specs[index].name], outputs[index], specs[index].datatype
-        )
+    for name, index, _, _ in result.chosen:
+        fill_predict_tensor(response.outputs[name], outputs[index], specs[index].datatype)
     return response

@@ -15,7 +15,7 @@ from model_repository import layout
 from model_repository import metadata as meta
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, predict_pb2
-from serving.core.tensors import array_from_predict
+from serving.grpc_api.predict_tensors import array_from_predict
 from serving.loadtest.errors import InputError
 
 RTOL = 1e-3

@@ -14,7 +14,7 @@ import numpy as np
 from model_repository import metadata as meta
 from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2, grpc_service_pb2_grpc, predict_pb2, predict_pb2_grpc
-from serving.core.tensors import PREDICT_DTYPES
+from serving.grpc_api.predict_tensors import PREDICT_DTYPES
 from serving.loadtest.errors import InputError, TargetError
 
 LOGGER = logging.getLogger(__name__)

@@ -199,10 +199,10 @@ def test_a_request_queued_longer_than_the_queue_timeout_is_refused_before_execut
         metrics.dropped = dropped.append  # type: ignore[method-assign]
         batcher = Batcher(model, policy, name="model 'fake' v1", metrics=metrics)
         batcher.start()
-        running = batcher.submit([np.ones((1, 2), np.float32)], 1)
+        running = batcher.submit([np.ones((1, 2), np.float32)], 1).future
         while not model.running.is_set():
             await asyncio.sleep(0.001)
-        waiting = batcher.submit([np.ones((1, 2), np.float32)], 1)
+        waiting = batcher.submit([np.ones((1, 2), np.float32)], 1).future
         await asyncio.sleep(0.1)  # twice the queue timeout
         model.release.set()
         await running

@@ -76,8 +76,8 @@ def rows(*values: float) -> np.ndarray:
 def submit(
     batcher: Batcher, array: np.ndarray, key: object = None, deadline: float | None = None
 ) -> asyncio.Future:
-    """One single-input request of ``array``'s rows."""
-    return batcher.submit([array], array.shape[0], key=key, deadline=deadline)
+    """One single-input request of ``array``'s rows: its ticket's future."""
+    return batcher.submit([array], array.shape[0], key=key, deadline=deadline).future
 
 
 def run(test: Callable[[], object]) -> None:
@@ -111,11 +111,11 @@ def test_concurrent_requests_run_as_one_batch_and_each_caller_gets_its_rows() ->
         for i, (doubled, summed) in enumerate(results):
             np.testing.assert_array_equal(doubled, rows(i, i + 0.5) * 2)
             np.testing.assert_array_equal(summed, [[2 * i], [2 * i + 1]])
-        # The batcher reports executions and queue waits; successes (requests, rows) are
-        # counted by the request path, after encoding.
+        # The batcher reports executions; each request's figures (queue, compute) are
+        # recorded by the request path with its outcome, in one step.
         statistics = batcher.statistics
         assert (statistics.execution_count, sorted(statistics.sizes)) == (1, [20])
-        assert (statistics.queue.count, statistics.compute_infer.count) == (10, 10)
+        assert (statistics.queue.count, statistics.compute_infer.count) == (0, 0)
         assert (statistics.requests, statistics.inference_count) == (0, 0)
         assert (metrics.inflight_peak, metrics.inflight_now) == (10, 0)  # gauge per batch
         assert len(metrics.waits) == 10 and all(0 <= w < 5 for w in metrics.waits)
@@ -605,7 +605,7 @@ def test_several_inputs_are_joined_input_by_input_and_split_back_per_caller() ->
             a = np.full((n, 2), i, dtype=np.float32) + np.arange(n, dtype=np.float32)[:, None]
             b = np.arange(n * 3, dtype=np.float32).reshape(n, 3) + 100 * i
             requests.append((a, b))
-        futures = [batcher.submit([a, b], a.shape[0]) for a, b in requests]
+        futures = [batcher.submit([a, b], a.shape[0]).future for a, b in requests]
         results = await asyncio.gather(*futures)
         assert model.batches == [((6, 2), (6, 3))]  # one execution, each input joined
         for (a, b), (summed, scaled) in zip(requests, results, strict=True):
@@ -684,7 +684,7 @@ def test_a_model_without_a_batch_dimension_runs_each_request_alone_with_outputs_
         batcher = Batcher(whole, policy, name="model 'whole' v1")
         batcher.start()
         inputs = [np.ones((3, 4), np.float32), np.full((3, 4), 2, np.float32)]
-        results = await asyncio.gather(*(batcher.submit([x], 1) for x in inputs))
+        results = await asyncio.gather(*(batcher.submit([x], 1).future for x in inputs))
         assert seen == [(3, 4), (3, 4)]  # never joined
         assert [float(r[0]) for r in results] == [12.0, 24.0]
         assert all(r[0].shape == () for r in results)  # a scalar output: no row check
@@ -713,29 +713,31 @@ def test_a_batched_output_without_a_batch_dimension_is_an_error() -> None:
     run(body)
 
 
-def test_statistics_count_executions_per_batch_size_and_every_queued_request() -> None:
+def test_statistics_count_executions_per_batch_size_and_tickets_carry_each_requests_times() -> None:
     async def body() -> None:
         batcher, model, _ = make(
             BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=1_000_000)
         )
         statistics = batcher.statistics
         model.release.clear()
-        running = submit(batcher, rows(0, 0))
+        running = batcher.submit([rows(0, 0)], 2)
         await wait_running(model)
-        queued = [submit(batcher, rows(i)) for i in range(1, 4)]
+        queued = [batcher.submit([rows(i)], 1) for i in range(1, 4)]
         model.release.set()
-        await asyncio.gather(running, *queued)
+        await asyncio.gather(running.future, *(t.future for t in queued))
         await submit(batcher, rows(7, 8, 9))  # alone: another 3-row execution
         assert model.batches == [2, 3, 3]
         assert statistics.execution_count == 3
         for part in ("input", "infer", "output"):  # one duration per execution of each size
             counts = {size: getattr(batch, part).count for size, batch in statistics.sizes.items()}
             assert counts == {2: 1, 3: 2}, part
-        # Every request is counted once when it leaves the queue, and once per execution
-        # it waited for (compute_infer counts requests, as Triton does).
-        assert statistics.queue.count == 5
-        assert statistics.compute_infer.count == 5
-        assert statistics.queue.ns > 0  # the three queued ones waited for the first run
+        # The queued ones waited for the first run; each ticket knows its execution's times.
+        assert all(t.queue > running.queue for t in queued)
+        assert all(t.infer > 0 and t.gather >= 0 and t.scatter >= 0 for t in queued)
+        assert len({t.infer for t in queued}) == 1  # one execution, one infer time
+        assert running.infer != queued[0].infer
+        # Per-request counts are the request path's, recorded with each outcome.
+        assert (statistics.queue.count, statistics.compute_infer.count) == (0, 0)
         assert statistics.last_inference_ms > 0
         await batcher.close()
 
@@ -769,7 +771,7 @@ def test_queued_requests_past_the_queue_timeout_are_refused_and_the_rest_run() -
         assert model.batches == [1, 1]
         assert metrics.dropped_reasons == ["queue_timeout"]
         assert metrics.inflight_now == 0
-        assert batcher.statistics.queue.count == 2  # the refused one never left for a run
+        assert batcher.statistics.execution_count == 2  # the refused one never ran
         await batcher.close()
 
     run(body)
@@ -801,13 +803,15 @@ def test_a_cancelled_request_in_the_middle_of_the_queue_does_not_split_the_batch
 def test_statistics_time_each_part_of_an_execution_in_plausible_bounds() -> None:
     async def body() -> None:
         batcher, _, _ = make(BatchingPolicy(max_batch_size=64, max_queue_delay_microseconds=0))
-        await asyncio.gather(*(submit(batcher, rows(i)) for i in range(3)))
+        tickets = [batcher.submit([rows(i)], 1) for i in range(3)]
+        await asyncio.gather(*(t.future for t in tickets))
         statistics = batcher.statistics
         for batch in statistics.sizes.values():
             for part in (batch.input, batch.infer, batch.output):
                 assert 0 <= part.ns < 5 * 1e9 * part.count  # seconds, not a clock reading
-        assert 0 <= statistics.compute_input.ns < 5 * 1e9 * statistics.queue.count
-        assert 0 < statistics.compute_infer.ns < 5 * 1e9 * statistics.compute_infer.count
+        for ticket in tickets:  # seconds, not clock readings
+            assert 0 <= ticket.queue < 5 and 0 <= ticket.gather < 5 and 0 <= ticket.scatter < 5
+            assert 0 < ticket.infer < 5
         await batcher.close()
 
     run(body)

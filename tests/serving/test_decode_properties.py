@@ -2,8 +2,9 @@
 
 For any ``PredictRequest`` or KServe ``ModelInferRequest`` (well-formed, subtly wrong or
 arbitrary) and any model schema (one to three inputs of any KServe datatype, with or
-without a batch dimension, fixed and free dims), ``RequestSchema.decode_predict`` /
-``decode_kserve`` either return exactly what an independent reference construction gives
+without a batch dimension, fixed and free dims), ``RequestSchema.decode`` of the doors'
+``request_inputs`` (Predict / KServe) either return exactly what an independent reference
+construction gives
 (the same arrays with the same dtypes, shapes and values, the same rows and batching key)
 or raise InvalidInputError with a message; never another exception.
 
@@ -27,6 +28,17 @@ from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
 from serving.core.tensors import Decoded, RequestSchema, TensorSpec
 from serving.errors import InvalidInputError
+from serving.grpc_api import kserve, predict
+
+
+def kserve_decoder(schema: RequestSchema):
+    """What the server does with a ModelInferRequest's inputs: the door, then the schema."""
+    return lambda request: schema.decode(kserve.request_inputs(request))
+
+
+def predict_decoder(schema: RequestSchema):
+    return lambda request: schema.decode(predict.request_inputs(request))
+
 
 MODEL = "model 'm' v1"
 NAMES = ("input", "mask", "ids")
@@ -444,7 +456,7 @@ def kserve_requests(draw, schema: RequestSchema) -> pb.ModelInferRequest:
 @given(data=st.data(), schema=schemas())
 def test_decode_predict_returns_the_reference_arrays_or_refuses_with_our_error(data, schema):
     request = data.draw(predict_requests(schema))
-    assert_same_outcome(schema.decode_predict, reference_predict, request, schema)
+    assert_same_outcome(predict_decoder(schema), reference_predict, request, schema)
 
 
 @given(
@@ -456,7 +468,7 @@ def test_decode_predict_returns_the_reference_arrays_or_refuses_with_our_error(d
 def test_decode_predict_survives_arbitrary_fields(schema, shape, dtype, payload):
     tensor = predict_pb2.Tensor(shape=shape, dtype=dtype, data=payload)
     request = predict_pb2.PredictRequest(input=tensor)
-    assert_same_outcome(schema.decode_predict, reference_predict, request, schema)
+    assert_same_outcome(predict_decoder(schema), reference_predict, request, schema)
 
 
 @given(schema=schemas(), payload=st.binary(max_size=256))
@@ -466,7 +478,7 @@ def test_decode_predict_survives_arbitrary_serialized_bytes(schema, payload):
         request.ParseFromString(payload)
     except Exception:  # not a message at all: gRPC refuses it before our code runs
         return
-    assert_same_outcome(schema.decode_predict, reference_predict, request, schema)
+    assert_same_outcome(predict_decoder(schema), reference_predict, request, schema)
 
 
 # -- KServe -----------------------------------------------------------------------------
@@ -475,7 +487,7 @@ def test_decode_predict_survives_arbitrary_serialized_bytes(schema, payload):
 @given(data=st.data(), schema=schemas())
 def test_decode_kserve_returns_the_reference_arrays_or_refuses_with_our_error(data, schema):
     request = data.draw(kserve_requests(schema))
-    assert_same_outcome(schema.decode_kserve, reference_kserve, request, schema)
+    assert_same_outcome(kserve_decoder(schema), reference_kserve, request, schema)
 
 
 @given(schema=schemas(), payload=st.binary(max_size=256))
@@ -485,7 +497,7 @@ def test_decode_kserve_survives_arbitrary_serialized_bytes(schema, payload):
         request.ParseFromString(payload)
     except Exception:  # not a message at all: gRPC refuses it before our code runs
         return
-    assert_same_outcome(schema.decode_kserve, reference_kserve, request, schema)
+    assert_same_outcome(kserve_decoder(schema), reference_kserve, request, schema)
 
 
 @given(
@@ -503,8 +515,8 @@ def test_typed_contents_of_every_datatype_decode_like_raw_bytes(wire, rows, data
     raw = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[raw_bytes(array)])
     typed = pb.ModelInferRequest(inputs=[tensor])
     getattr(typed.inputs[0].contents, WIRE[wire][1]).extend(typed_values(array))
-    from_raw = assert_same_outcome(schema.decode_kserve, reference_kserve, raw, schema)
-    from_typed = assert_same_outcome(schema.decode_kserve, reference_kserve, typed, schema)
+    from_raw = assert_same_outcome(kserve_decoder(schema), reference_kserve, raw, schema)
+    from_typed = assert_same_outcome(kserve_decoder(schema), reference_kserve, typed, schema)
     assert (from_raw is None) == (from_typed is None)  # BYTES that are not UTF-8: both refuse
     if from_raw is not None and from_typed is not None:
         assert from_raw.arrays[0].dtype == from_typed.arrays[0].dtype
@@ -522,7 +534,7 @@ def test_typed_contents_take_any_value_their_field_can_carry(field, rows, data):
     tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype=wire, shape=[rows, 2])
     request = pb.ModelInferRequest(inputs=[tensor])
     getattr(request.inputs[0].contents, field).extend(values)
-    assert_same_outcome(schema.decode_kserve, reference_kserve, request, schema)
+    assert_same_outcome(kserve_decoder(schema), reference_kserve, request, schema)
 
 
 @given(schema=schemas(), data=st.data())
@@ -539,8 +551,8 @@ def test_valid_requests_decode_the_same_on_both_apis(schema, data):
                 shape=array.shape, dtype=PREDICT_OF[spec.datatype.wire], data=raw_bytes(array)
             )
         )
-    one = assert_same_outcome(schema.decode_kserve, reference_kserve, kserve, schema)
-    other = assert_same_outcome(schema.decode_predict, reference_predict, predict, schema)
+    one = assert_same_outcome(kserve_decoder(schema), reference_kserve, kserve, schema)
+    other = assert_same_outcome(predict_decoder(schema), reference_predict, predict, schema)
     assert (one is None) == (other is None)
     if one is not None and other is not None:
         assert (one.rows, one.key) == (other.rows, other.key)
@@ -571,5 +583,5 @@ def test_a_free_dimension_claiming_more_elements_than_the_payload_holds_is_refus
     predict = predict_pb2.PredictRequest(
         input=predict_pb2.Tensor(shape=[rows, claimed], dtype=PREDICT_OF[wire], data=payload)
     )
-    assert_same_outcome(schema.decode_kserve, reference_kserve, request, schema)
-    assert_same_outcome(schema.decode_predict, reference_predict, predict, schema)
+    assert_same_outcome(kserve_decoder(schema), reference_kserve, request, schema)
+    assert_same_outcome(predict_decoder(schema), reference_predict, predict, schema)

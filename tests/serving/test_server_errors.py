@@ -60,7 +60,7 @@ f32 = predict_pb2.FLOAT32
     [
         (
             {"shape": [1, 1, 8, 8], "dtype": predict_pb2.FLOAT64, "data": bytes(512)},
-            "dtype FLOAT64; model 'mlp' v1 expects FLOAT32",
+            "datatype FP64; model 'mlp' v1 expects FP32",
         ),
         (
             {"shape": [1, 64], "dtype": f32, "data": bytes(256)},

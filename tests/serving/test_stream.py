@@ -7,65 +7,21 @@ can hold, so what is queued at any moment is known exactly.
 from __future__ import annotations
 
 import asyncio
-import threading
+import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import numpy as np
+from inprocess_support import FEATURES, HeldModel, add_version
 from prometheus_client import CollectorRegistry
 
-from model_repository.datatypes import BY_WIRE
 from protos import grpc_service_pb2 as pb
 from serving.config import BatchingOverrides
-from serving.core.batcher import Batcher, BatchingPolicy
-from serving.core.repository import READY, Model, ModelVersion, Repository
-from serving.core.tensors import RequestSchema, TensorSpec
+from serving.core.admission import Admission
+from serving.core.corridor import Corridor
+from serving.core.repository import Repository
 from serving.grpc_api.kserve import MAX_STREAM_INFLIGHT, InferenceService
 from serving.metrics import ServingMetrics
-
-FEATURES = 4
-
-
-class HeldModel:
-    """Doubles its input; blocks while ``release`` is clear."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-        self.release.set()
-        self.calls = 0
-
-    def __call__(self, batch: list[np.ndarray]) -> list[np.ndarray]:
-        self.calls += 1
-        if not self.release.wait(10):
-            raise RuntimeError("the test never released the model")
-        return [batch[0] * 2]
-
-
-def add_version(repository: Repository, name: str, run: HeldModel) -> ModelVersion:
-    fp32 = BY_WIRE["FP32"]
-    version = ModelVersion(
-        name=name,
-        version=1,
-        path=Path(name),
-        policy=BatchingPolicy(enabled=False, max_batch_size=64),
-        metrics=repository.metrics.for_version(name, 1),
-        state=READY,
-        schema=RequestSchema(
-            model=f"model '{name}' v1",
-            inputs=(TensorSpec("input", fp32, (-1, FEATURES)),),
-            batched=True,
-            max_rows=64,
-            finite=True,
-        ),
-        outputs=(TensorSpec("output", fp32, (-1, FEATURES)),),
-        output_index={"output": 0},
-        kserve_outputs=[("output", 0, "FP32", 0)],
-    )
-    version.batcher = Batcher(run, version.policy, name=version.description)
-    version.batcher.start()
-    model = Model(name=name, versions={1: version}, default=version)
-    repository.models[name] = model
-    return version
 
 
 def request(model: str, request_id: str, rows: int = 1, features: int = FEATURES):
@@ -97,7 +53,8 @@ class Requests:
 def service(tmp_path: Path) -> tuple[InferenceService, Repository, ServingMetrics]:
     metrics = ServingMetrics(CollectorRegistry())
     repository = Repository(tmp_path, None, BatchingOverrides(), metrics)  # type: ignore[arg-type]
-    return InferenceService(repository, lambda: True), repository, metrics
+    corridor = Corridor(repository, Admission(sys.maxsize))
+    return InferenceService(corridor, lambda: True), repository, metrics
 
 
 def requests_total(metrics: ServingMetrics, model: str, code: str) -> float:

@@ -9,25 +9,37 @@ from model_repository.datatypes import BY_NUMPY, BY_WIRE
 from protos import grpc_service_pb2 as pb
 from protos import predict_pb2
 from serving.core.tensors import (
-    CONTENTS_FIELD,
-    PREDICT_DTYPE_OF,
     RequestSchema,
     TensorSpec,
-    add_top_k,
-    array_from_predict,
     classification_strings,
     encode_bytes,
-    fill_predict_tensor,
     from_bytes,
     requested_outputs,
     to_bytes,
 )
 from serving.core.tensors import top_k as top_k_indices
 from serving.errors import InvalidInputError
+from serving.grpc_api import kserve as kserve_door
+from serving.grpc_api import predict as predict_door
+from serving.grpc_api.kserve import CONTENTS_FIELD
+from serving.grpc_api.predict_tensors import (
+    PREDICT_DTYPE_OF,
+    add_top_k,
+    array_from_predict,
+    fill_predict_tensor,
+)
 
 IMAGE = TensorSpec("input", BY_WIRE["FP32"], (-1, 1, 8, 8))
 MODEL = "model 'mlp' v1"
 SCHEMA = RequestSchema(MODEL, (IMAGE,), batched=True, max_rows=64, finite=True)
+
+
+def decode_kserve_with(schema: RequestSchema, request: pb.ModelInferRequest):
+    return schema.decode(kserve_door.request_inputs(request))
+
+
+def decode_predict_with(schema: RequestSchema, request: predict_pb2.PredictRequest):
+    return schema.decode(predict_door.request_inputs(request))
 
 
 def schema_of(spec: TensorSpec | RequestSchema) -> RequestSchema:
@@ -39,7 +51,9 @@ def schema_of(spec: TensorSpec | RequestSchema) -> RequestSchema:
 def decode_predict(
     message: predict_pb2.Tensor, spec: TensorSpec | RequestSchema = SCHEMA
 ) -> np.ndarray:
-    decoded = schema_of(spec).decode_predict(predict_pb2.PredictRequest(model="mlp", input=message))
+    decoded = decode_predict_with(
+        schema_of(spec), predict_pb2.PredictRequest(model="mlp", input=message)
+    )
     assert decoded.rows == decoded.arrays[0].shape[0]
     return decoded.arrays[0]
 
@@ -47,7 +61,7 @@ def decode_predict(
 def decode_kserve(
     request: pb.ModelInferRequest, spec: TensorSpec | RequestSchema = SCHEMA
 ) -> np.ndarray:
-    return schema_of(spec).decode_kserve(request).arrays[0]
+    return decode_kserve_with(schema_of(spec), request).arrays[0]
 
 
 def tensor(array: np.ndarray, dtype: int = predict_pb2.FLOAT32, shape=None) -> predict_pb2.Tensor:
@@ -72,11 +86,11 @@ def test_valid_input_is_read_without_a_copy() -> None:
     [
         (
             tensor(images(1).astype(np.float64), predict_pb2.FLOAT64),
-            "has dtype FLOAT64; model 'mlp' v1 expects FLOAT32",
+            "has datatype FP64; model 'mlp' v1 expects FP32",
         ),
         (
             tensor(images(1), predict_pb2.DATA_TYPE_UNSPECIFIED),
-            "has dtype DATA_TYPE_UNSPECIFIED; model 'mlp' v1 expects FLOAT32",
+            "has datatype DATA_TYPE_UNSPECIFIED; model 'mlp' v1 expects FP32",
         ),
         (
             tensor(images(3).reshape(3, 64)),
@@ -157,7 +171,7 @@ def test_kserve_raw_and_typed_contents_decode_to_the_same_array() -> None:
                     )
                 ]
             ),
-            r"has 0 values in contents.fp32_contents; shape .* needs 64",
+            r"has 0 values; shape .* needs 64",
         ),
     ],
 )
@@ -233,7 +247,7 @@ def pair_request(x: np.ndarray, k: np.ndarray, order: tuple[str, ...] = ("x", "k
 def test_inputs_come_back_in_the_model_order_whatever_the_request_order() -> None:
     x = np.arange(8, dtype=np.float32).reshape(2, 4)
     k = np.array([[3], [4]], dtype=np.int64)
-    decoded = PAIR.decode_kserve(pair_request(x, k, order=("k", "x")))
+    decoded = decode_kserve_with(PAIR, pair_request(x, k, order=("k", "x")))
     assert decoded.rows == 2 and decoded.key is None
     np.testing.assert_array_equal(decoded.arrays[0], x)
     np.testing.assert_array_equal(decoded.arrays[1], k)
@@ -251,7 +265,7 @@ def test_inputs_come_back_in_the_model_order_whatever_the_request_order() -> Non
                 inputs=[infer_input("x", np.zeros((1, 4)), "FP32")],
                 raw_input_contents=[np.zeros((1, 4), np.float32).tobytes()],
             ),
-            r"request has inputs \['x'\]; model 'pair' v1 expects 'x', 'k'",
+            r"request lacks input\(s\) \['k'\]; model 'pair' v1 expects 'x', 'k'",
         ),
         (
             pb.ModelInferRequest(
@@ -266,7 +280,7 @@ def test_multi_input_requests_must_name_every_input_once_with_equal_rows(
     request_, expected: str
 ) -> None:
     with pytest.raises(InvalidInputError, match=expected):
-        PAIR.decode_kserve(request_)
+        decode_kserve_with(PAIR, request_)
 
 
 @pytest.mark.parametrize(
@@ -295,15 +309,15 @@ def test_every_numeric_type_decodes_raw_and_typed_to_the_same_values(
     raw = pb.ModelInferRequest(
         inputs=[infer_input("t", expected, datatype)], raw_input_contents=[expected.tobytes()]
     )
-    np.testing.assert_array_equal(schema.decode_kserve(raw).arrays[0], expected)
-    assert schema.decode_kserve(raw).arrays[0].dtype == kind.numpy
+    np.testing.assert_array_equal(decode_kserve_with(schema, raw).arrays[0], expected)
+    assert decode_kserve_with(schema, raw).arrays[0].dtype == kind.numpy
     typed = pb.ModelInferRequest(inputs=[infer_input("t", expected, datatype)])
     if datatype == "FP16":  # no typed field in the protocol: raw only
-        with pytest.raises(InvalidInputError, match="send it in raw_input_contents"):
-            schema.decode_kserve(typed)
+        with pytest.raises(InvalidInputError, match="cannot be sent as typed values"):
+            decode_kserve_with(schema, typed)
         return
     getattr(typed.inputs[0].contents, CONTENTS_FIELD[datatype]).extend(values)
-    np.testing.assert_array_equal(schema.decode_kserve(typed).arrays[0], expected)
+    np.testing.assert_array_equal(decode_kserve_with(schema, typed).arrays[0], expected)
 
 
 def test_typed_integers_out_of_range_are_refused() -> None:
@@ -311,7 +325,7 @@ def test_typed_integers_out_of_range_are_refused() -> None:
     request = pb.ModelInferRequest(inputs=[infer_input("t", np.zeros((1, 1)), "INT8")])
     request.inputs[0].contents.int_contents.append(300)
     with pytest.raises(InvalidInputError, match="outside the range of INT8"):
-        schema.decode_kserve(request)
+        decode_kserve_with(schema, request)
 
 
 def test_bytes_elements_round_trip_and_bad_lengths_are_refused() -> None:
@@ -354,7 +368,7 @@ def test_a_bytes_shape_larger_than_its_data_is_refused_before_allocating() -> No
             match=rf"^input 't' has 20 bytes of BYTES data; {claimed} elements need at least "
             rf"{4 * claimed} ",
         ):
-            schema.decode_kserve(request)
+            decode_kserve_with(schema, request)
 
 
 def test_dynamic_non_batch_dims_give_a_merge_key_per_shape() -> None:
@@ -365,7 +379,7 @@ def test_dynamic_non_batch_dims_give_a_merge_key_per_shape() -> None:
         request = pb.ModelInferRequest(
             inputs=[infer_input("seq", array, "FP32")], raw_input_contents=[array.tobytes()]
         )
-        return schema.decode_kserve(request).key
+        return decode_kserve_with(schema, request).key
 
     assert key(3) == key(3) == ((3,),)
     assert key(3) != key(5)
@@ -374,19 +388,21 @@ def test_dynamic_non_batch_dims_give_a_merge_key_per_shape() -> None:
 def test_a_model_without_batch_dimension_takes_its_full_shape_only() -> None:
     schema = RequestSchema("m", (TensorSpec("m", BY_WIRE["FP32"], (2, 3)),), False, 0, False)
     array = np.ones((2, 3), np.float32)
-    decoded = schema.decode_predict(
+    decoded = decode_predict_with(
+        schema,
         predict_pb2.PredictRequest(
             input=predict_pb2.Tensor(shape=[2, 3], dtype=predict_pb2.FLOAT32, data=array.tobytes())
-        )
+        ),
     )
     assert decoded.rows == 1
     with pytest.raises(InvalidInputError, match=r"has shape \[1, 2, 3\]; m expects \[2, 3\]"):
-        schema.decode_predict(
+        decode_predict_with(
+            schema,
             predict_pb2.PredictRequest(
                 input=predict_pb2.Tensor(
                     shape=[1, 2, 3], dtype=predict_pb2.FLOAT32, data=array.tobytes()
                 )
-            )
+            ),
         )
 
 
@@ -415,7 +431,7 @@ def test_an_unknown_dtype_is_refused_for_a_float64_input_too() -> None:
     """numpy compares None equal to float64: an unknown dtype must not slip through."""
     spec = TensorSpec("input", BY_WIRE["FP64"], (-1, 1))
     unspecified = predict_pb2.Tensor(shape=[1, 1], data=bytes(8))
-    with pytest.raises(InvalidInputError, match=r"has dtype DATA_TYPE_UNSPECIFIED; .* FLOAT64"):
+    with pytest.raises(InvalidInputError, match=r"has datatype DATA_TYPE_UNSPECIFIED; .* FP64"):
         decode_predict(unspecified, spec)
     tensor = pb.ModelInferRequest.InferInputTensor(name="input", datatype="", shape=[1, 1])
     request = pb.ModelInferRequest(inputs=[tensor], raw_input_contents=[bytes(8)])
@@ -524,7 +540,7 @@ def test_exactly_max_rows_and_zero_sized_dims_are_accepted() -> None:
 def test_unknown_dtype_numbers_and_nan_messages_are_complete() -> None:
     with pytest.raises(InvalidInputError) as unknown:
         decode_predict(tensor(images(1), dtype=99))
-    assert str(unknown.value) == "input 'input' has dtype 99; model 'mlp' v1 expects FLOAT32"
+    assert str(unknown.value) == "input 'input' has datatype 99; model 'mlp' v1 expects FP32"
     array = images(1)
     array[0, 0, 1, 2] = np.inf
     with pytest.raises(InvalidInputError) as nan:
@@ -547,7 +563,7 @@ def test_bytes_that_are_not_utf8_are_refused_raw_and_typed_naming_the_input() ->
     tensor = pb.ModelInferRequest.InferInputTensor(name="text", datatype="BYTES", shape=[1])
     tensor.contents.bytes_contents.append(b"\xff")
     with pytest.raises(InvalidInputError, match=r"^input 'text' BYTES element 0 is not UTF-8"):
-        schema.decode_kserve(pb.ModelInferRequest(inputs=[tensor]))
+        decode_kserve_with(schema, pb.ModelInferRequest(inputs=[tensor]))
 
 
 def test_a_typed_contents_error_names_the_input() -> None:
@@ -556,9 +572,9 @@ def test_a_typed_contents_error_names_the_input() -> None:
     tensor.contents.int_contents.append(1)
     with pytest.raises(
         InvalidInputError,
-        match=r"^input 'text' has 1 values in contents.int_contents; shape \[2\] needs 2$",
+        match=r"^input 'text' has 1 values; shape \[2\] needs 2$",
     ):
-        schema.decode_kserve(pb.ModelInferRequest(inputs=[tensor]))
+        decode_kserve_with(schema, pb.ModelInferRequest(inputs=[tensor]))
 
 
 def test_raw_contents_for_some_inputs_only_are_refused_with_the_rule() -> None:
@@ -572,7 +588,7 @@ def test_raw_contents_for_some_inputs_only_are_refused_with_the_rule() -> None:
         match=r"^request has 1 raw_input_contents entries for 2 inputs; send raw contents for "
         r"every input or for none$",
     ):
-        schema.decode_kserve(request)
+        decode_kserve_with(schema, request)
 
 
 def test_outputs_go_on_the_wire_as_bytes_elements_or_raw_values() -> None:
@@ -648,30 +664,30 @@ def test_predict_multi_input_messages_name_the_rule_broken() -> None:
     with pytest.raises(
         InvalidInputError, match=r"^request sets both 'input' and 'inputs'; use one$"
     ):
-        schema.decode_predict(both)
+        decode_predict_with(schema, both)
     with pytest.raises(
         InvalidInputError,
-        match=r"^model 'two' v1 has inputs 'a', 'b'; send them by name in 'inputs'$",
+        match=r"^model 'two' v1 has inputs 'a', 'b'; send them by name$",
     ):
-        schema.decode_predict(predict_pb2.PredictRequest(input=a))
+        decode_predict_with(schema, predict_pb2.PredictRequest(input=a))
     with pytest.raises(
         InvalidInputError,
         match=r"^request lacks input\(s\) \['b'\]; model 'two' v1 expects 'a', 'b'$",
     ):
-        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a}))
+        decode_predict_with(schema, predict_pb2.PredictRequest(inputs={"a": a}))
     with pytest.raises(
         InvalidInputError,
         match=r"^inputs have different batch sizes \{'a': 1, 'b': 2\}; every input of a request "
         r"must have the same number of rows$",
     ):
-        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": b}))
+        decode_predict_with(schema, predict_pb2.PredictRequest(inputs={"a": a, "b": b}))
     short = predict_pb2.Tensor(shape=[1], dtype=predict_pb2.INT64, data=b"\0" * 4)
     with pytest.raises(InvalidInputError, match=r"^input 'b' has 4 bytes of data; shape \[1\]"):
-        schema.decode_predict(predict_pb2.PredictRequest(inputs={"a": a, "b": short}))
+        decode_predict_with(schema, predict_pb2.PredictRequest(inputs={"a": a, "b": short}))
 
 
 def test_a_model_without_inputs_takes_an_empty_request_as_one_row() -> None:
     """An ONNX graph may have no inputs (constants only); over KServe it is one empty request."""
     schema = RequestSchema("model 'const' v1", (), False, 0, False)
-    decoded = schema.decode_kserve(pb.ModelInferRequest())
+    decoded = decode_kserve_with(schema, pb.ModelInferRequest())
     assert (decoded.arrays, decoded.rows, decoded.key) == ([], 1, None)
